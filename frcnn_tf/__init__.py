@@ -1,0 +1,10 @@
+"""frcnn_tf: TLT 3.0-compatible Faster R-CNN workflow on TensorFlow 2 / Keras 2.
+
+tensorflow-model-optimization needs Keras 2, so the package selects tf_keras
+before anything imports TensorFlow.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+__version__ = "0.1.0"
