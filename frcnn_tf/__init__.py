@@ -6,5 +6,7 @@ before anything imports TensorFlow.
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# TensorFlow's C++ INFO lines (CPU features, oneDNN) are noise for a command-line tool.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 __version__ = "0.1.0"

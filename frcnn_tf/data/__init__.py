@@ -1,0 +1,1 @@
+"""Data: KITTI labels, TFRecord conversion and the tf.data input pipeline."""

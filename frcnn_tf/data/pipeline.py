@@ -1,0 +1,169 @@
+"""tf.data input pipeline driven by the experiment spec.
+
+Each batch is a dict:
+  images       float32 [B, H, W, C]  normalised: (pixel*1 in 0..255 - mean) / scaling, 0 = mean pixel
+  boxes        float32 [B, M, 4]     (y1, x1, y2, x2) in network-input pixels, zero padded
+  classes      int32   [B, M]        model class ids (sorted target names), -1 = padding
+  occlusion    int32   [B, M]        KITTI occlusion (>= 1 counts as difficult in evaluation)
+  num_boxes    int32   [B]
+  frame_id     string  [B]
+  scale        float32 [B, 2]        (sy, sx): network pixel = original pixel * scale
+  original_size int32  [B, 2]        (height, width) of the image file
+M is `max_objects_num_per_image`. Images are placed on the H x W canvas by
+keeping their aspect ratio and padding bottom/right (`enable_auto_resize`
+stretches instead), so training, evaluation and inference share one geometry.
+"""
+import glob
+import os
+
+import tensorflow as tf
+
+from frcnn_tf.data import augment, records
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.proto import input_image_pb2
+
+
+def class_ids(dataset_config):
+    """{record class name (lower case): model class id}; ids index the sorted target names."""
+    targets = sorted(set(dataset_config.target_class_mapping.values()))
+    return {key.lower(): targets.index(value) for key, value in dataset_config.target_class_mapping.items()}
+
+
+def _glob(pattern):
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FrcnnError(f"{pattern}: no TFRecord file matches this tfrecords_path; run dataset_convert first")
+    return files
+
+
+def shard_sources(dataset_config, training):
+    """[(tfrecord files, image directory)] for the training or validation split."""
+    if dataset_config.HasField("validation_data_source"):
+        sources = dataset_config.data_sources if training else [dataset_config.validation_data_source]
+        return [(_glob(s.tfrecords_path), s.image_directory_path) for s in sources]
+    marker = f"fold-{dataset_config.validation_fold:03d}-of-"
+    result = []
+    for source in dataset_config.data_sources:
+        files = [f for f in _glob(source.tfrecords_path) if (marker in os.path.basename(f)) != training]
+        if files:
+            result.append((files, source.image_directory_path))
+    if not result:
+        split = "training" if training else "validation"
+        raise FrcnnError(f"{dataset_config.data_sources[0].tfrecords_path}: no {split} shards (validation_fold "
+                         f"{dataset_config.validation_fold} selects files containing '{marker}')")
+    return result
+
+
+class InputPipeline:
+    """Builds datasets for one experiment spec (model input, dataset and augmentation configs)."""
+
+    def __init__(self, spec):
+        self.image_config = spec.model_config.input_image_config
+        self.dataset_config = spec.dataset_config
+        self.augmentation = spec.augmentation_config
+        self.augment = spec.training_config.enable_augmentation
+        self.seed = spec.random_seed
+        self.max_objects = self.image_config.max_objects_num_per_image
+        self.channels = 3 if self.image_config.image_type == input_image_pb2.RGB else 1
+        order = self.image_config.image_channel_order
+        self.mean = tf.constant([self.image_config.image_channel_mean[c] for c in order], tf.float32)
+        if self.image_config.WhichOneof("image_size_config") == "size_height_width":
+            size = self.image_config.size_height_width
+            self.canvas = (size.height, size.width)
+        else:
+            self.canvas = None
+        mapping = class_ids(self.dataset_config)
+        self.class_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(list(mapping), list(mapping.values()), tf.string, tf.int32), -1)
+
+    # ---- per-example steps -------------------------------------------------------------
+    def _decode(self, example, image_directory):
+        extension = self.dataset_config.image_extension
+        path = tf.strings.join([image_directory, "/", example[records.FRAME_ID], ".", extension])
+        data = tf.cond(tf.strings.length(example[records.ENCODED]) > 0,
+                       lambda: example[records.ENCODED], lambda: tf.io.read_file(path))
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return tf.image.convert_image_dtype(image, tf.float32)  # RGB in [0, 1]
+
+    def _normalise(self, image):
+        if self.channels == 1:
+            image = tf.image.rgb_to_grayscale(image)
+        elif self.image_config.image_channel_order == "bgr":
+            image = tf.reverse(image, axis=[-1])
+        return (image * 255.0 - self.mean) / self.image_config.image_scaling_factor
+
+    def _target_size(self, height, width):
+        """Resized (height, width) before padding, as float32 scalars."""
+        if self.canvas is None:
+            scale = self.image_config.size_min.min / tf.minimum(height, width)
+            return tf.round(height * scale), tf.round(width * scale)
+        canvas_h, canvas_w = float(self.canvas[0]), float(self.canvas[1])
+        if self.augmentation.preprocessing.enable_auto_resize:
+            return tf.constant(canvas_h), tf.constant(canvas_w)
+        scale = tf.minimum(canvas_h / height, canvas_w / width)
+        return (tf.minimum(tf.round(height * scale), canvas_h), tf.minimum(tf.round(width * scale), canvas_w))
+
+    def _example(self, index, serialized, image_directory, training):
+        example = records.parse_example(serialized)
+        image = self._decode(example, image_directory)
+        seed = tf.stack([tf.cast(self.seed, tf.int64), index])
+        if training and self.augment:
+            image = augment.color(image, seed, self.augmentation.color_augmentation)
+        image = self._normalise(image)
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        new_h, new_w = self._target_size(shape[0], shape[1])
+        image = tf.image.resize(image, tf.cast(tf.stack([new_h, new_w]), tf.int32), antialias=True)
+        scale = tf.stack([new_h / shape[0], new_w / shape[1]])
+        if self.canvas is not None:
+            image = tf.image.pad_to_bounding_box(image, 0, 0, self.canvas[0], self.canvas[1])
+        boxes = tf.stack([example[records.Y1], example[records.X1], example[records.Y2], example[records.X2]], -1)
+        boxes = tf.reshape(boxes, [-1, 4]) * tf.tile(scale, [2])
+        if training and self.augment:
+            image, boxes = augment.spatial(image, boxes, seed, self.augmentation.spatial_augmentation)
+        classes = self.class_table.lookup(example[records.OBJECT_CLASS])
+        pre = self.augmentation.preprocessing
+        keep = ((classes >= 0) & (boxes[:, 3] - boxes[:, 1] >= max(pre.min_bbox_width, 1e-3))
+                & (boxes[:, 2] - boxes[:, 0] >= max(pre.min_bbox_height, 1e-3)))
+        boxes, classes = tf.boolean_mask(boxes, keep)[: self.max_objects], tf.boolean_mask(classes, keep)[
+            : self.max_objects]
+        occlusion = tf.cast(tf.boolean_mask(example[records.OCCLUSION], keep)[: self.max_objects], tf.int32)
+        count = tf.shape(boxes)[0]
+        pad = self.max_objects - count
+        return {
+            "images": image,
+            "boxes": tf.pad(boxes, [[0, pad], [0, 0]]),
+            "classes": tf.pad(classes, [[0, pad]], constant_values=-1),
+            "occlusion": tf.pad(occlusion, [[0, pad]]),
+            "num_boxes": count,
+            "frame_id": example[records.FRAME_ID],
+            "scale": scale,
+            "original_size": tf.cast(shape, tf.int32),
+        }
+
+    # ---- datasets ----------------------------------------------------------------------
+    def dataset(self, training, batch_size, repeat=False, shuffle_buffer=256):
+        """Batched dataset of the training or validation split.
+
+        Training data is shuffled (seeded, reshuffled each pass) and, if `repeat`,
+        repeated forever; augmentation seeds come from the running example index,
+        so every pass differs and the whole stream is reproducible.
+        """
+        parts = []
+        for files, image_directory in shard_sources(self.dataset_config, training):
+            part = tf.data.TFRecordDataset(files)
+            parts.append(part.map(lambda s, d=image_directory: (s, d)))
+        data = parts[0]
+        for part in parts[1:]:
+            data = data.concatenate(part)
+        if training:
+            data = data.shuffle(shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
+        if repeat:
+            data = data.repeat()
+        data = data.enumerate().map(
+            lambda index, item: self._example(index, item[0], item[1], training),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if self.canvas is None:
+            data = data.padded_batch(batch_size, drop_remainder=training)
+        else:
+            data = data.batch(batch_size, drop_remainder=training)
+        return data.prefetch(tf.data.AUTOTUNE)
