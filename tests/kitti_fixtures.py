@@ -48,3 +48,30 @@ def write_conversion_spec(path, root, mode="random", folds=2, val_split=25, shar
     path.write_text(CONVERSION_SPEC.format(root=root, mode=mode, folds=folds, val_split=val_split, shards=shards,
                                            extension=extension, extra=extra))
     return str(path)
+
+
+def write_experiment_spec(path, tfrecords, image_dir, mapping, height=128, width=192, extension="jpg",
+                          replace=()):
+    """The project's default training spec pointed at test data, at a small input size."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "specs" / "frcnn_resnet18_train.txt").read_text()
+    start, end = text.index("  target_class_mapping"), text.index("  validation_fold")
+    text = text[:start] + "".join(f"  target_class_mapping {{ key: '{k}' value: '{v}' }}\n"
+                                  for k, v in mapping.items()) + text[end:]
+    text = (text.replace('"../workdir/tfrecords/sample-fold-*"', f'"{tfrecords}"')
+            .replace('image_directory_path: "../workdir/sample_data"', f'image_directory_path: "{image_dir}"')
+            .replace("image_extension: 'jpg'", f"image_extension: '{extension}'")
+            .replace("height: 384", f"height: {height}").replace("width: 1248", f"width: {width}")
+            .replace("output_image_width: 1248", f"output_image_width: {width}")
+            .replace("output_image_height: 384", f"output_image_height: {height}"))
+    for old, new in replace:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = pathlib.Path(path)
+    path.write_text(text)
+    return str(path)
+
+
+TRAFFIC_LIGHT_CLASSES = {name: ("red" if name.startswith("red") else "green" if name.startswith("green")
+                                else "yellow")
+                         for name in ("green greenleft greenpeople greenstraight greentime red redleft redpeople "
+                                      "redstraight redtime yellow yellowleft yellowstraight yellowtime").split()}
