@@ -1,0 +1,102 @@
+"""Training targets, pure TensorFlow ops for a padded batch (no Keras state).
+
+Ground truth comes padded: boxes [B, M, 4] and classes [B, M] with -1 for padding.
+Random choices use stateless ops seeded by `seed` ([2] int), so a step is reproducible.
+"""
+import tensorflow as tf
+
+from frcnn_tf import boxes as box_ops
+
+
+def random_subset(candidates, counts, seed):
+    """bool [B, N]: `counts[b]` of the True entries of `candidates[b]`, chosen uniformly without replacement."""
+    noise = tf.random.stateless_uniform(tf.shape(candidates), seed=seed)
+    scores = tf.where(candidates, noise, -1.0)
+    rank = tf.argsort(tf.argsort(scores, axis=-1, direction="DESCENDING"), axis=-1)
+    return candidates & (rank < tf.cast(counts, tf.int32)[:, tf.newaxis])
+
+
+def match(anchors_or_rois, gt_boxes, gt_valid, eligible):
+    """IoU bookkeeping: returns (max IoU [B, N], matched gt index [B, N], IoU [B, N, M]).
+
+    Padded gt columns and non-eligible rows get IoU -1 / 0 so they never match.
+    """
+    overlaps = box_ops.iou(anchors_or_rois, gt_boxes)
+    overlaps = tf.where(gt_valid[:, tf.newaxis, :] & eligible[..., tf.newaxis], overlaps, -1.0)
+    return tf.reduce_max(overlaps, axis=-1), tf.argmax(overlaps, axis=-1, output_type=tf.int32), overlaps
+
+
+def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, min_overlap, max_overlap,
+                mini_batch, seed, weights=(1.0, 1.0, 1.0, 1.0)):
+    """Anchor labels and regression targets for the RPN.
+
+    anchors [N, 4]. Returns labels int32 [B, N] (1 object, 0 background, -1 ignored; at
+    most mini_batch labelled per image, at most half of them positive) and deltas [B, N, 4].
+    Rules (TLT/Faster R-CNN): anchors crossing the image border are ignored; IoU >=
+    max_overlap is positive, IoU < min_overlap negative; every ground-truth box also makes
+    its best anchors (ties included, IoU > 0) positive.
+    """
+    batch = tf.shape(gt_boxes)[0]
+    anchors = tf.broadcast_to(anchors[tf.newaxis], [batch, tf.shape(anchors)[0], 4])
+    gt_valid = gt_classes >= 0
+    valid = box_ops.inside(anchors, image_height, image_width)
+    best, matched, overlaps = match(anchors, gt_boxes, gt_valid, valid)
+    # Forced positives: the anchors with each gt box's highest IoU.
+    gt_best = tf.reduce_max(overlaps, axis=1, keepdims=True)  # [B, 1, M]
+    forcing = (overlaps >= gt_best) & (gt_best > 0.0)
+    forced = tf.reduce_any(forcing, axis=-1)
+    forced_match = tf.argmax(tf.where(forcing, overlaps, -1.0), axis=-1, output_type=tf.int32)
+    matched = tf.where(forced & (best < max_overlap), forced_match, matched)
+
+    positive = valid & ((best >= max_overlap) | forced)
+    negative = valid & ~positive & (best < min_overlap)
+    num_pos = tf.minimum(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1), mini_batch // 2)
+    positive = random_subset(positive, num_pos, seed)
+    num_neg = mini_batch - num_pos
+    negative = random_subset(negative, num_neg, seed + [0, 1])
+    labels = tf.where(positive, 1, tf.where(negative, 0, -1))
+    deltas = box_ops.encode(tf.gather(gt_boxes, matched, batch_dims=1), anchors, weights)
+    deltas = tf.where(positive[..., tf.newaxis], deltas, 0.0)
+    return labels, deltas
+
+
+def proposal_targets(proposals, proposal_valid, gt_boxes, gt_classes, num_classes, min_overlap, max_overlap,
+                     mini_batch, positive_fraction, gt_as_roi, seed, weights):
+    """Samples RoIs for the second stage and their targets.
+
+    proposals [B, P, 4] with proposal_valid [B, P]. num_classes counts background,
+    which is the last id. A RoI is foreground if IoU >= max_overlap and background
+    if min_overlap <= IoU < max_overlap; up to positive_fraction of mini_batch are
+    foreground, background fills the rest, without replacement (fewer RoIs when
+    there are not enough candidates; the rest are padding).
+    Returns rois [B, R, 4], labels int32 [B, R] (class id, background = num_classes - 1,
+    -1 padding) and deltas [B, R, 4] (weighted by `weights`, zero unless foreground).
+    """
+    gt_valid = gt_classes >= 0
+    if gt_as_roi:
+        proposals = tf.concat([proposals, gt_boxes], axis=1)
+        proposal_valid = tf.concat([proposal_valid, gt_valid], axis=1)
+    best, matched, _ = match(proposals, gt_boxes, gt_valid, proposal_valid)
+    foreground = proposal_valid & (best >= max_overlap)
+    background = proposal_valid & (best < max_overlap) & (best >= min_overlap)
+    max_fg = int(mini_batch * positive_fraction)
+    num_fg = tf.minimum(tf.reduce_sum(tf.cast(foreground, tf.int32), axis=1), max_fg)
+    foreground = random_subset(foreground, num_fg, seed)
+    num_bg = tf.minimum(tf.reduce_sum(tf.cast(background, tf.int32), axis=1), mini_batch - num_fg)
+    background = random_subset(background, num_bg, seed + [0, 1])
+    # Gather the chosen rows first (foreground first), padding to mini_batch.
+    chosen = foreground | background
+    order = tf.argsort(tf.cast(foreground, tf.int32) * 2 + tf.cast(chosen, tf.int32), axis=1,
+                       direction="DESCENDING", stable=True)[:, :mini_batch]
+    pad = mini_batch - tf.shape(order)[1]
+    order = tf.pad(order, [[0, 0], [0, pad]])
+    taken = tf.gather(chosen, order, batch_dims=1) & (tf.range(mini_batch) < tf.shape(order)[1] - pad)[tf.newaxis]
+    rois = tf.where(taken[..., tf.newaxis], tf.gather(proposals, order, batch_dims=1), 0.0)
+    is_fg = tf.gather(foreground, order, batch_dims=1) & taken
+    gt_index = tf.gather(matched, order, batch_dims=1)
+    classes = tf.gather(gt_classes, gt_index, batch_dims=1)
+    labels = tf.where(is_fg, classes, tf.where(taken, num_classes - 1, -1))
+    deltas = box_ops.encode(tf.gather(gt_boxes, gt_index, batch_dims=1), rois + tf.where(
+        taken[..., tf.newaxis], 0.0, tf.constant([0.0, 0.0, 1.0, 1.0])), weights)
+    deltas = tf.where(is_fg[..., tf.newaxis], deltas, 0.0)
+    return rois, labels, deltas

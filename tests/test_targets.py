@@ -1,0 +1,86 @@
+"""RPN labels and proposal-target sampling on hand-made boxes."""
+import numpy as np
+import tensorflow as tf
+
+from frcnn_tf import boxes, targets
+
+SEED = tf.constant([1, 2], tf.int64)
+
+
+def _rpn(anchors, gt, classes, mini_batch=4):
+    return targets.rpn_targets(tf.constant(anchors, tf.float32), tf.constant([gt], tf.float32),
+                               tf.constant([classes], tf.int32), 100, 100, 0.3, 0.7, mini_batch, SEED)
+
+
+def test_rpn_labels_by_hand():
+    anchors = [
+        [0, 0, 10, 10],  # IoU 1 with gt 0 -> positive
+        [0, 0, 10, 20],  # IoU 0.5 -> ignored (between 0.3 and 0.7)
+        [50, 50, 60, 60],  # IoU 0 -> negative
+        [-5, 0, 5, 10],  # crosses the border -> ignored
+        [30, 30, 40, 40],  # IoU 0 -> negative
+        [80, 80, 90, 90],  # IoU 0.25 with gt 1, its best anchor -> forced positive
+    ]
+    gt = [[0, 0, 10, 10], [80, 80, 100, 100], [0, 0, 0, 0]]
+    labels, deltas = _rpn(anchors, gt, [0, 1, -1], mini_batch=6)
+    assert labels.numpy().tolist() == [[1, -1, 0, -1, 0, 1]]
+    np.testing.assert_allclose(deltas.numpy()[0, 0], [0, 0, 0, 0])
+    # Anchor 5 (centre 85,85 size 10) regresses to gt 1 (centre 90,90 size 20).
+    np.testing.assert_allclose(deltas.numpy()[0, 5], [0.5, 0.5, np.log(2), np.log(2)], rtol=1e-6)
+    np.testing.assert_allclose(deltas.numpy()[0, [1, 2, 3, 4]], 0.0)
+
+
+def test_rpn_sampling_counts():
+    # 10 anchors on the gt box (positives), 30 far away (negatives); mini batch 8.
+    anchors = [[0, 0, 10, 10]] * 10 + [[50 + i % 5, 50, 60 + i % 5, 60] for i in range(30)]
+    labels, _ = _rpn(anchors, [[0, 0, 10, 10]], [0], mini_batch=8)
+    labels = labels.numpy()[0]
+    assert (labels == 1).sum() == 4 and (labels == 0).sum() == 4  # at most half positive
+    assert set(np.nonzero(labels == 1)[0]) <= set(range(10))
+    # Few positives: negatives fill the mini batch.
+    labels, _ = _rpn(anchors[8:], [[0, 0, 10, 10]], [0], mini_batch=8)
+    assert (labels.numpy() == 1).sum() == 2 and (labels.numpy() == 0).sum() == 6
+    # Different seeds pick different negatives, the same seed the same ones.
+    again, _ = _rpn(anchors[8:], [[0, 0, 10, 10]], [0], mini_batch=8)
+    np.testing.assert_array_equal(labels.numpy(), again.numpy())
+
+
+def test_rpn_without_ground_truth_is_all_negative_samples():
+    anchors = [[50 + i, 50, 60 + i, 60] for i in range(6)]
+    labels, deltas = _rpn(anchors, [[0, 0, 0, 0]], [-1], mini_batch=4)
+    assert (labels.numpy() == 0).sum() == 4 and (labels.numpy() == 1).sum() == 0
+    assert not deltas.numpy().any()
+
+
+def test_proposal_target_sampling_by_hand():
+    gt = tf.constant([[[0, 0, 10, 10], [0, 0, 0, 0]]], tf.float32)
+    classes = tf.constant([[2, -1]])
+    proposals = tf.constant([[[0, 0, 10, 10],  # IoU 1 -> foreground
+                              [0, 0, 10, 11],  # IoU 0.909 -> foreground
+                              [0, 0, 10, 25],  # IoU 0.4 -> background
+                              [0, 5, 10, 15],  # IoU 1/3 -> background
+                              [0, 0, 0, 0],  # padding
+                              [40, 40, 50, 50]]], tf.float32)  # IoU 0 -> below min_overlap 0.1: ignored
+    valid = tf.constant([[True, True, True, True, False, True]])
+    rois, labels, deltas = targets.proposal_targets(proposals, valid, gt, classes, num_classes=4, min_overlap=0.1,
+                                                    max_overlap=0.5, mini_batch=4, positive_fraction=0.25,
+                                                    gt_as_roi=False, seed=SEED, weights=(10.0, 10.0, 5.0, 5.0))
+    labels = labels.numpy()[0].tolist()
+    # int(4 * 0.25) = 1 foreground (class 2), then both backgrounds (id 3), then padding.
+    assert labels == [2, 3, 3, -1]
+    rois = rois.numpy()[0]
+    assert rois[0].tolist() in ([0, 0, 10, 10], [0, 0, 10, 11])
+    assert sorted(map(tuple, rois[1:3].tolist())) == [(0, 0, 10, 25), (0, 5, 10, 15)]
+    assert rois[3].tolist() == [0, 0, 0, 0]
+    expected = boxes.encode(gt[0, :1], tf.constant(rois[:1]), (10.0, 10.0, 5.0, 5.0)).numpy()
+    np.testing.assert_allclose(deltas.numpy()[0, :1], expected, atol=1e-6)
+    assert not deltas.numpy()[0, 1:].any()
+
+
+def test_gt_as_roi_adds_ground_truth_candidates():
+    gt = tf.constant([[[0, 0, 10, 10]]], tf.float32)
+    proposals = tf.constant([[[60, 60, 70, 70]]], tf.float32)  # IoU 0: ignored with min_overlap 0.1
+    rois, labels, _ = targets.proposal_targets(proposals, tf.constant([[True]]), gt, tf.constant([[0]]), 2, 0.1,
+                                               0.5, 2, 0.5, gt_as_roi=True, seed=SEED,
+                                               weights=(1.0, 1.0, 1.0, 1.0))
+    assert labels.numpy().tolist() == [[0, -1]] and rois.numpy()[0, 0].tolist() == [0, 0, 10, 10]
