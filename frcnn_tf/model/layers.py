@@ -1,0 +1,100 @@
+"""Thin Keras layers around the pure box math: proposals and RoI crops."""
+import tensorflow as tf
+
+from frcnn_tf import boxes as box_ops
+
+
+def propose(rpn_logits, rpn_deltas, anchors, image_height, image_width, pre_nms_top_n, post_nms_top_n,
+            nms_iou, std_scaling=1.0, min_size=1.0):
+    """RPN outputs -> proposals [B, post_nms_top_n, 4] (zero rows pad).
+
+    rpn_logits [B, h, w, A], rpn_deltas [B, h, w, 4A], anchors [h*w*A, 4].
+    Decode, clip to the image, drop boxes under min_size px, keep the top
+    pre_nms_top_n by score, NMS at nms_iou, keep post_nms_top_n.
+    """
+    batch = tf.shape(rpn_logits)[0]
+    scores = tf.sigmoid(tf.reshape(rpn_logits, [batch, -1]))
+    deltas = tf.reshape(rpn_deltas, [batch, -1, 4]) / std_scaling
+    proposals = box_ops.clip(box_ops.decode(deltas, anchors[tf.newaxis]), image_height, image_width)
+    heights = proposals[..., 2] - proposals[..., 0]
+    widths = proposals[..., 3] - proposals[..., 1]
+    scores = tf.where((heights >= min_size) & (widths >= min_size), scores, -1.0)
+    top_n = tf.minimum(pre_nms_top_n, tf.shape(scores)[1])
+    scores, order = tf.math.top_k(scores, k=top_n, sorted=True)
+    proposals = tf.gather(proposals, order, batch_dims=1)
+    kept, _, _, _ = tf.image.combined_non_max_suppression(
+        proposals[:, :, tf.newaxis, :], scores[..., tf.newaxis], max_output_size_per_class=post_nms_top_n,
+        max_total_size=post_nms_top_n, iou_threshold=nms_iou, score_threshold=0.0, pad_per_class=False,
+        clip_boxes=False)
+    return kept
+
+
+def crop_rois(features, rois, stride, pool_size):
+    """Bilinear crops [B*R, pool_size, pool_size, C] of features [B, h, w, C] at rois [B, R, 4] (pixels).
+
+    Feature cell i is centred at input pixel stride*(i + 0.5), so pixel y sits at
+    feature coordinate y/stride - 0.5 (aligned, like RoIAlign with aligned=True).
+    """
+    shape = tf.shape(features)
+    batch, num_rois = tf.shape(rois)[0], tf.shape(rois)[1]
+    extent = tf.cast(tf.maximum(tf.stack([shape[1], shape[2], shape[1], shape[2]]) - 1, 1), tf.float32)
+    normalised = (tf.stop_gradient(rois) / stride - 0.5) / extent
+    box_indices = tf.repeat(tf.range(batch), num_rois)
+    return tf.image.crop_and_resize(features, tf.reshape(normalised, [-1, 4]), box_indices,
+                                    [pool_size, pool_size], method="bilinear")
+
+
+@tf.keras.utils.register_keras_serializable(package="frcnn_tf")
+class Proposal(tf.keras.layers.Layer):
+    """[rpn_logits, rpn_deltas, image] -> proposals [B, post_nms_top_n, 4] (see `propose`)."""
+
+    def __init__(self, anchor_scales, anchor_ratios, stride, pre_nms_top_n, post_nms_top_n, nms_iou,
+                 std_scaling=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.anchor_scales = [float(s) for s in anchor_scales]
+        self.anchor_ratios = [float(r) for r in anchor_ratios]  # raw spec ratios (TLT stores sqrt; see P1)
+        self.stride = int(stride)
+        self.pre_nms_top_n = int(pre_nms_top_n)
+        self.post_nms_top_n = int(post_nms_top_n)
+        self.nms_iou = float(nms_iou)
+        self.std_scaling = float(std_scaling)
+
+    def call(self, inputs):
+        rpn_logits, rpn_deltas, image = inputs
+        shape = tf.shape(rpn_logits)
+        anchors = box_ops.anchor_boxes(shape[1], shape[2], self.stride, self.anchor_scales, self.anchor_ratios)
+        image_shape = tf.shape(image)
+        return propose(rpn_logits, rpn_deltas, anchors, image_shape[1], image_shape[2], self.pre_nms_top_n,
+                       self.post_nms_top_n, self.nms_iou, self.std_scaling)
+
+    def get_config(self):
+        return {**super().get_config(), "anchor_scales": self.anchor_scales, "anchor_ratios": self.anchor_ratios,
+                "stride": self.stride, "pre_nms_top_n": self.pre_nms_top_n, "post_nms_top_n": self.post_nms_top_n,
+                "nms_iou": self.nms_iou, "std_scaling": self.std_scaling}
+
+
+@tf.keras.utils.register_keras_serializable(package="frcnn_tf")
+class RoiCrop(tf.keras.layers.Layer):
+    """[features, rois] -> crops [B*R, pool, pool, C] (see `crop_rois`)."""
+
+    def __init__(self, stride, pool_size, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = int(stride)
+        self.pool_size = int(pool_size)
+
+    def call(self, inputs):
+        features, rois = inputs
+        return crop_rois(features, rois, self.stride, self.pool_size)
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride, "pool_size": self.pool_size}
+
+
+@tf.keras.utils.register_keras_serializable(package="frcnn_tf")
+class PerRoi(tf.keras.layers.Layer):
+    """[values [B*R, ...], rois [B, R, 4]] -> values [B, R, ...]."""
+
+    def call(self, inputs):
+        values, rois = inputs
+        shape = tf.shape(rois)
+        return tf.reshape(values, tf.concat([shape[:2], tf.shape(values)[1:]], axis=0))

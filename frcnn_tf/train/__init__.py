@@ -1,0 +1,1 @@
+"""Training: learning-rate schedules, optimizers, checkpoints and the training loop."""

@@ -1,0 +1,214 @@
+"""The training loop: data -> targets -> losses -> optimizer, checkpoints each epoch."""
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from frcnn_tf import boxes as box_ops
+from frcnn_tf import losses, targets
+from frcnn_tf.data.pipeline import InputPipeline, shard_sources
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.model import layers
+from frcnn_tf.model.frcnn import POSITIVE_FRACTION, RPN_STRIDE, FasterRCNN, ProposalSettings, build_model
+from frcnn_tf.spec.summary import class_names
+from frcnn_tf.train import checkpoints, schedules
+
+LOSS_NAMES = ("rpn_class", "rpn_regress", "rcnn_class", "rcnn_regress", "regularization", "total")
+
+
+class TrainStep:
+    """One optimisation step of a FasterRCNN under a tf.distribute strategy (default: no distribution)."""
+
+    def __init__(self, spec, frcnn, optimizer, strategy):
+        training, model_config = spec.training_config, spec.model_config
+        self.frcnn, self.optimizer, self.strategy = frcnn, optimizer, strategy
+        self.anchor_scales = list(model_config.anchor_box_config.scale)
+        self.anchor_ratios = list(model_config.anchor_box_config.ratio)
+        self.proposals = ProposalSettings.of(training)
+        self.training = training
+        self.roi_mini_batch = model_config.roi_mini_batch
+        stds = training.classifier_regr_std
+        self.rcnn_weights = (stds["y"], stds["x"], stds["h"], stds["w"])
+        scaling = training.std_scaling or 1.0
+        self.rpn_weights = (scaling,) * 4  # the Proposal layer divides predictions by std_scaling
+        self.step = tf.function(self._distributed_step)
+
+    def _losses(self, images, gt_boxes, gt_classes, seed):
+        frcnn, training = self.frcnn, self.training
+        features, rpn_logits, rpn_deltas = frcnn.backbone_rpn(images, training=True)
+        shape, image_shape = tf.shape(rpn_logits), tf.shape(images)
+        height, width = image_shape[1], image_shape[2]
+        anchors = box_ops.anchor_boxes(shape[1], shape[2], RPN_STRIDE, self.anchor_scales, self.anchor_ratios)
+        labels, rpn_targets = targets.rpn_targets(anchors, gt_boxes, gt_classes, height, width,
+                                                  training.rpn_min_overlap, training.rpn_max_overlap,
+                                                  training.rpn_mini_batch, seed, self.rpn_weights)
+        batch = shape[0]
+        flat_logits = tf.reshape(rpn_logits, [batch, -1])
+        flat_deltas = tf.reshape(rpn_deltas, [batch, -1, 4])
+        proposals = layers.propose(tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), anchors, height,
+                                   width, self.proposals.pre_nms_top_n, self.proposals.post_nms_top_n,
+                                   self.proposals.nms_iou, training.std_scaling or 1.0)
+        rois, roi_labels, roi_targets = targets.proposal_targets(
+            proposals, box_ops.area(proposals) > 0, gt_boxes, gt_classes, frcnn.num_classes,
+            training.classifier_min_overlap, training.classifier_max_overlap, self.roi_mini_batch,
+            POSITIVE_FRACTION, training.gt_as_roi, seed + [0, 7], self.rcnn_weights)
+        crops = layers.crop_rois(features, rois, RPN_STRIDE, frcnn.crop_size)
+        class_logits, deltas = frcnn.head(crops, training=True)
+        class_logits = tf.reshape(class_logits, [batch, self.roi_mini_batch, -1])
+        deltas = tf.reshape(deltas, [batch, self.roi_mini_batch, -1])
+        values = {
+            "rpn_class": training.lambda_rpn_class * losses.rpn_class_loss(labels, flat_logits,
+                                                                          training.rpn_mini_batch),
+            "rpn_regress": training.lambda_rpn_regr * losses.rpn_regression_loss(
+                labels, rpn_targets, flat_deltas, training.rpn_mini_batch),
+            "rcnn_class": training.lambda_cls_class * losses.rcnn_class_loss(roi_labels, class_logits,
+                                                                            self.roi_mini_batch),
+            "rcnn_regress": training.lambda_cls_regr * losses.rcnn_regression_loss(
+                roi_labels, roi_targets, deltas, frcnn.num_classes, self.roi_mini_batch),
+            "regularization": tf.add_n(frcnn.model.losses) if frcnn.model.losses else tf.constant(0.0),
+        }
+        values["total"] = tf.add_n(list(values.values()))
+        return values
+
+    def _replica_step(self, images, gt_boxes, gt_classes, seed):
+        variables = self.frcnn.model.trainable_variables
+        with tf.GradientTape() as tape:
+            values = self._losses(images, gt_boxes, gt_classes, seed)
+            scaled = values["total"] / self.strategy.num_replicas_in_sync
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return values
+
+    def _distributed_step(self, batch, seed):
+        values = self.strategy.run(self._replica_step,
+                                   args=(batch["images"], batch["boxes"], batch["classes"], seed))
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in values.items()}
+
+
+def count_records(files):
+    return sum(int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1)) for files in [files])
+
+
+def _output_model(spec, results_dir):
+    if spec.training_config.output_model:
+        return spec.training_config.output_model
+    if results_dir:
+        return os.path.join(results_dir, f"frcnn_{spec.model_config.arch.replace(':', '_')}.hdf5")
+    raise FrcnnError("set training_config.output_model in the spec or pass --results_dir")
+
+
+def _log_weight_loading(path, status):
+    width = max(len(name) for name in status)
+    logging.info("pretrained weights from %s:", path)
+    for name, state in status.items():
+        logging.info("  %-*s %s", width, name, state)
+    loaded = sum(state == "loaded" for state in status.values())
+    logging.info("pretrained weights: %d of %d layers loaded", loaded, len(status))
+    if loaded == 0:
+        raise FrcnnError(f"{path}: no layer of the pretrained weights matches this model by name and shape")
+
+
+def _initial_model(spec, results_dir):
+    """(FasterRCNN, optimizer or None, first epoch index, metadata of the start model)."""
+    training = spec.training_config
+    if training.resume_from_model:
+        model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model")
+        epoch = checkpoints.epoch_of(training.resume_from_model)
+        logging.info("resuming from %s at epoch %d", training.resume_from_model, epoch + 1)
+        return FasterRCNN(model), model.optimizer, epoch, metadata
+    if training.retrain_pruned_model:
+        model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model")
+        logging.info("retraining the pruned model %s", training.retrain_pruned_model)
+        return FasterRCNN(model), None, 0, metadata
+    model = build_model(spec)
+    if training.pretrained_weights:
+        _log_weight_loading(training.pretrained_weights,
+                            checkpoints.load_matching_weights(model, training.pretrained_weights))
+    return FasterRCNN(model), None, 0, {}
+
+
+def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
+    """Trains per the validated experiment spec; returns {'checkpoints': [...], 'history': [...]}.
+
+    max_steps_per_epoch caps the steps of each epoch (for smoke tests and benchmarks).
+    """
+    training = spec.training_config
+    strategy = strategy or tf.distribute.get_strategy()
+    tf.keras.utils.set_random_seed(spec.random_seed)
+    output_model = _output_model(spec, results_dir)
+    checkpoints.check_model_path(output_model, "training_config.output_model")
+    pipeline = InputPipeline(spec)
+    train_files = [f for files, _ in shard_sources(spec.dataset_config, training=True) for f in files]
+    num_images = count_records(train_files)
+    batch_size = training.batch_size_per_gpu * strategy.num_replicas_in_sync
+    if num_images < batch_size:
+        raise FrcnnError(f"{train_files[0]}: {num_images} training images, fewer than one batch of {batch_size}")
+    steps = max(num_images // batch_size, 1)
+    if max_steps_per_epoch:
+        steps = min(steps, max_steps_per_epoch)
+    total_steps = steps * training.num_epochs
+
+    with strategy.scope():
+        frcnn, optimizer, first_epoch, metadata = _initial_model(spec, results_dir)
+        frcnn.configure_proposals(ProposalSettings.of(training))
+        if optimizer is None:
+            optimizer = schedules.build_optimizer(training.optimizer,
+                                                  schedules.build_schedule(training.learning_rate, total_steps))
+        frcnn.model.compile(optimizer=optimizer)  # saved with the model for resume
+        step = TrainStep(spec, frcnn, optimizer, strategy)
+    data = strategy.experimental_distribute_dataset(pipeline.dataset(training=True, batch_size=batch_size,
+                                                                     repeat=True))
+    iterator = iter(data)
+    writer = tf.summary.create_file_writer(os.path.join(os.path.dirname(output_model), "logs"))
+    metadata = {**metadata, "arch": spec.model_config.arch, "class_names": class_names(spec.dataset_config),
+                "qat": bool(training.enable_qat)}
+    saved, history = [], []
+    for epoch in range(first_epoch, training.num_epochs):
+        logging.info("epoch %d/%d", epoch + 1, training.num_epochs)
+        progress = tf.keras.utils.Progbar(steps, stateful_metrics=LOSS_NAMES + ("lr",))
+        sums = dict.fromkeys(LOSS_NAMES, 0.0)
+        for index in range(steps):
+            global_step = int(optimizer.iterations.numpy())
+            values = {k: float(v) for k, v in step.step(next(iterator), tf.constant([spec.random_seed,
+                                                                                    global_step], tf.int64)).items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                last = saved[-1] if saved else "none written in this run"
+                raise FrcnnError(f"the loss became {values['total']} at epoch {epoch + 1}, step {index + 1}; "
+                                 f"training stopped (last good checkpoint: {last}); lower the learning rate")
+            lr = float(optimizer.learning_rate(global_step)) if callable(optimizer.learning_rate) else float(
+                optimizer.learning_rate)
+            for key in LOSS_NAMES:
+                sums[key] += values[key]
+            progress.update(index + 1, [(k, values[k]) for k in LOSS_NAMES] + [("lr", lr)])
+            with writer.as_default(step=global_step):
+                for key in LOSS_NAMES:
+                    tf.summary.scalar(f"loss/{key}", values[key])
+                tf.summary.scalar("learning_rate", lr)
+        epoch_losses = {k: v / steps for k, v in sums.items()}
+        history.append({"epoch": epoch + 1, **epoch_losses})
+        if (epoch + 1) % training.checkpoint_interval == 0 or epoch + 1 == training.num_epochs:
+            path = checkpoints.checkpoint_path(output_model, epoch + 1)
+            checkpoints.save_model(frcnn.model, path, {**metadata, "epoch": epoch + 1})
+            saved.append(path)
+            logging.info("saved %s", path)
+    writer.flush()
+    return {"checkpoints": saved, "history": history}
+
+
+def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None):
+    """Loads and validates the spec, then trains; returns train()'s result."""
+    from frcnn_tf.spec import parse_experiment_spec
+    from frcnn_tf.spec.validate import require_section
+
+    spec, source = parse_experiment_spec(spec_path)
+    for section in ("training_config", "dataset_config"):
+        require_section(spec, source, section)
+    strategy = None
+    if gpus > 1:
+        visible = tf.config.list_physical_devices("GPU")
+        if len(visible) < gpus:
+            raise FrcnnError(f"--gpus {gpus} asked for, but {len(visible)} GPUs are visible")
+        strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
+    return train(spec, results_dir, strategy, max_steps_per_epoch)
