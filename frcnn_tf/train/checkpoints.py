@@ -13,13 +13,15 @@ import tensorflow as tf
 
 from frcnn_tf.errors import FrcnnError
 
-# The frcnn_tf custom layers/schedules register themselves on import.
-from frcnn_tf.model import layers as _layers  # noqa: F401
-from frcnn_tf.train import schedules as _schedules  # noqa: F401
+from frcnn_tf.model import layers
+from frcnn_tf.train import schedules
 
 _EPOCH = re.compile(r"\.epoch_?([0-9]+)\.[^./]+$")
 METADATA_KEY = "frcnn_tf"
 MODEL_EXTENSIONS = (".hdf5", ".h5")
+# Registered classes load by their package name; HDF5 optimizer configs name schedules bare.
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (layers.Proposal, layers.RoiCrop, layers.PerRoi,
+                                                schedules.SoftStartAnnealing, schedules.ContinuousStep)}
 
 
 def checkpoint_path(output_model, epoch):
@@ -68,7 +70,7 @@ def load_model(path, purpose="model"):
     try:
         with h5py.File(path, "r") as h5:
             metadata = json.loads(h5.attrs.get(METADATA_KEY, "{}"))
-        model = tf.keras.models.load_model(path, compile=True)
+        model = tf.keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=True)
     except (OSError, ValueError, KeyError) as err:
         raise FrcnnError(f"{path}: cannot load the {purpose} ({err})") from None
     return model, metadata

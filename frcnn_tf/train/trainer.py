@@ -88,7 +88,8 @@ class TrainStep:
 
 
 def count_records(files):
-    return sum(int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1)) for files in [files])
+    """Number of records in TFRecord files."""
+    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda count, _: count + 1))
 
 
 def _output_model(spec, results_dir):
@@ -129,6 +130,24 @@ def _initial_model(spec, results_dir):
     return FasterRCNN(model), None, 0, {}
 
 
+def _restore_optimizer_state(optimizer, saved, variables):
+    """Copies step count and slots of a resumed optimizer into the one built from the spec.
+
+    The schedule is the spec's (its total steps follow the current num_epochs); slots are
+    copied only when the optimizer kind and variables match, else training resumes with
+    fresh slots at the saved step.
+    """
+    optimizer.build(variables)
+    optimizer.iterations.assign(saved.iterations)
+    source, target = saved.variables, optimizer.variables
+    if type(saved) is type(optimizer) and [v.shape for v in source] == [v.shape for v in target]:
+        for old, new in zip(source, target):
+            new.assign(old)
+    else:
+        logging.warning("the saved optimizer (%s) does not match the spec's (%s): its slots are not restored",
+                        type(saved).__name__, type(optimizer).__name__)
+
+
 def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
     """Trains per the validated experiment spec; returns {'checkpoints': [...], 'history': [...]}.
 
@@ -151,11 +170,12 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
     total_steps = steps * training.num_epochs
 
     with strategy.scope():
-        frcnn, optimizer, first_epoch, metadata = _initial_model(spec, results_dir)
+        frcnn, saved_optimizer, first_epoch, metadata = _initial_model(spec, results_dir)
         frcnn.configure_proposals(ProposalSettings.of(training))
-        if optimizer is None:
-            optimizer = schedules.build_optimizer(training.optimizer,
-                                                  schedules.build_schedule(training.learning_rate, total_steps))
+        optimizer = schedules.build_optimizer(training.optimizer,
+                                              schedules.build_schedule(training.learning_rate, total_steps))
+        if saved_optimizer is not None:
+            _restore_optimizer_state(optimizer, saved_optimizer, frcnn.model.trainable_variables)
         frcnn.model.compile(optimizer=optimizer)  # saved with the model for resume
         step = TrainStep(spec, frcnn, optimizer, strategy)
     data = strategy.experimental_distribute_dataset(pipeline.dataset(training=True, batch_size=batch_size,
@@ -174,7 +194,7 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
             values = {k: float(v) for k, v in step.step(next(iterator), tf.constant([spec.random_seed,
                                                                                     global_step], tf.int64)).items()}
             if not all(math.isfinite(v) for v in values.values()):
-                last = saved[-1] if saved else "none written in this run"
+                last = saved[-1] if saved else (training.resume_from_model or "none written")
                 raise FrcnnError(f"the loss became {values['total']} at epoch {epoch + 1}, step {index + 1}; "
                                  f"training stopped (last good checkpoint: {last}); lower the learning rate")
             lr = float(optimizer.learning_rate(global_step)) if callable(optimizer.learning_rate) else float(

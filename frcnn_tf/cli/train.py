@@ -1,0 +1,25 @@
+"""train: Faster R-CNN training from an experiment spec (TLT's flags)."""
+from absl import flags
+
+from frcnn_tf.cli import run_main
+
+flags.DEFINE_string("experiment_spec", None, "Experiment spec file.", short_name="e")
+flags.DEFINE_string("results_dir", None, "Where checkpoints go when the spec has no output_model.", short_name="r")
+flags.DEFINE_integer("gpus", 1, "GPUs to train on (MirroredStrategy when > 1).")
+flags.DEFINE_integer("max_steps_per_epoch", None, "Cap on steps per epoch (smoke tests).")
+flags.mark_flag_as_required("experiment_spec")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from frcnn_tf.train.trainer import run_train
+
+    result = run_train(FLAGS.experiment_spec, FLAGS.results_dir, FLAGS.gpus, FLAGS.max_steps_per_epoch)
+    for path in result["checkpoints"]:
+        print(f"checkpoint: {path}")
+    return 0
+
+
+def run():
+    run_main(main)

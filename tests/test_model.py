@@ -1,0 +1,70 @@
+"""Model structure: TLT layer names, options, output shapes."""
+import pytest
+import tensorflow as tf
+
+from conftest import REPO
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.model.frcnn import FasterRCNN, build_model
+from frcnn_tf.spec import load_experiment_spec
+
+
+def _spec(tmp_path, replace=()):
+    text = (REPO / "specs" / "frcnn_resnet18_train.txt").read_text()
+    text = text.replace("height: 384", "height: 64").replace("width: 1248", "width: 96")
+    text = text.replace("output_image_width: 1248", "output_image_width: 96").replace(
+        "output_image_height: 384", "output_image_height: 64")
+    text = text.replace("rpn_nms_max_boxes: 2000", "rpn_nms_max_boxes: 20").replace(
+        "rpn_pre_nms_top_N: 12000", "rpn_pre_nms_top_N: 100")
+    for old, new in replace:
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "s.txt").write_text(text)
+    return load_experiment_spec(str(tmp_path / "s.txt"))
+
+
+def test_resnet18_names_shapes_and_freezing(tmp_path):
+    model = build_model(_spec(tmp_path))
+    names = {layer.name for layer in model.layers}
+    for name in ("conv1", "bn_conv1", "block_1a_conv_1", "block_1a_bn_1", "block_1b_conv_shortcut", "block_3b_relu",
+                 "rpn_conv1", "rpn_out_class", "rpn_out_regress", "proposal", "roi_pooling", "block_4a_conv_1",
+                 "block_4b_conv_2", "avg_pool", "dense_class_td", "dense_regress_td"):
+        assert name in names, name
+    assert "block_4c_conv_1" not in names and "pool1" not in names
+    rois, probabilities, deltas = model(tf.zeros([2, 64, 96, 3]))
+    assert rois.shape == (2, 20, 4) and probabilities.shape == (2, 20, 4) and deltas.shape == (2, 20, 12)
+    frozen = {layer.name for layer in model.layers if layer.weights and not layer.trainable}
+    assert {"conv1", "block_1a_conv_1", "block_1b_bn_2"} <= frozen  # freeze_blocks 0, 1
+    assert "block_2a_conv_1" not in frozen and "block_2a_bn_1" in frozen  # freeze_bn
+    frcnn = FasterRCNN(model)
+    features, logits, rpn_deltas = frcnn.backbone_rpn(tf.zeros([1, 64, 96, 3]))
+    assert features.shape == (1, 4, 6, 256) and logits.shape == (1, 4, 6, 9) and rpn_deltas.shape == (1, 4, 6, 36)
+    assert frcnn.num_classes == 4 and frcnn.crop_size == 7
+
+
+def test_architecture_options(tmp_path):
+    model = build_model(_spec(tmp_path, [
+        ('arch: "resnet:18"', 'arch: "resnet:10"'), ("all_projections: true", "all_projections: false"),
+        ("use_pooling: false", "use_pooling: true"), ("pool_size_2x: false", "pool_size_2x: true"),
+        ("image_type: RGB", "image_type: GRAY_SCALE"), ("image_channel_order: 'bgr'", "image_channel_order: 'l'"),
+        ("    image_channel_mean { key: 'b' value: 103.939 }\n    image_channel_mean { key: 'g' value: 116.779 }\n"
+         "    image_channel_mean { key: 'r' value: 123.68 }\n", "    image_channel_mean { key: 'l' value: 127.5 }\n"),
+        ("output_image_channel: 3", "output_image_channel: 1"), ("freeze_bn: true", "freeze_bn: false")]))
+    names = {layer.name for layer in model.layers}
+    assert "pool1" in names and "block_1b_conv_1" not in names  # resnet10: one sub-block per block
+    assert model.get_layer("roi_pooling").pool_size == 14 and model.get_layer("block_4a_conv_1").strides == (2, 2)
+    assert model.input_shape == (None, 64, 96, 1)
+    assert model.get_layer("block_2a_bn_1").trainable
+    rois, probabilities, _ = model(tf.zeros([1, 64, 96, 1]))
+    assert probabilities.shape == (1, 20, 4)
+
+
+def test_no_projection_shortcut_after_first_sub_block(tmp_path):
+    names = {layer.name for layer in build_model(_spec(tmp_path, [("all_projections: true",
+                                                                   "all_projections: false")])).layers}
+    assert "block_1a_conv_shortcut" in names and "block_1b_conv_shortcut" not in names
+
+
+def test_unimplemented_backbone_is_a_clear_error(tmp_path):
+    with pytest.raises(FrcnnError, match="'vgg:16' is a TLT backbone frcnn_tf does not build yet"):
+        build_model(_spec(tmp_path, [('arch: "resnet:18"', 'arch: "vgg:16"'),
+                                     ("freeze_blocks: 0\n", "")]))
