@@ -78,11 +78,12 @@ TRAFFIC_LIGHT_CLASSES = {name: ("red" if name.startswith("red") else "green" if 
 
 
 def small_training_spec(path, records_dir, image_dir, output_model, epochs=1, extra=()):
-    """A quick training spec on the converted real dataset: 128x192, small anchors and mini-batches."""
+    """A quick spec on the converted real dataset: 128x192, small anchors, mini-batches and RoI counts."""
     return write_experiment_spec(path, f"{records_dir}/tl-fold-*", image_dir, TRAFFIC_LIGHT_CLASSES, replace=[
         ('output_model: "../workdir/models/frcnn_resnet18.hdf5"', f'output_model: "{output_model}"'),
         ("batch_size_per_gpu: 8", "batch_size_per_gpu: 2"), ("num_epochs: 12", f"num_epochs: {epochs}"),
         ("rpn_mini_batch: 256", "rpn_mini_batch: 64"), ("roi_mini_batch: 256", "roi_mini_batch: 32"),
         ("rpn_pre_nms_top_N: 12000", "rpn_pre_nms_top_N: 1000"), ("rpn_nms_max_boxes: 2000", "rpn_nms_max_boxes: 200"),
+        ("rpn_pre_nms_top_N: 6000\n  rpn_nms_max_boxes: 300", "rpn_pre_nms_top_N: 500\n  rpn_nms_max_boxes: 32"),
         ("scale: 64.0\n    scale: 128.0\n    scale: 256.0", "scale: 16.0\n    scale: 32.0\n    scale: 64.0"),
         *extra])

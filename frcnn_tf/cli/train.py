@@ -6,6 +6,7 @@ from frcnn_tf.cli import run_main
 flags.DEFINE_string("experiment_spec", None, "Experiment spec file.", short_name="e")
 flags.DEFINE_string("results_dir", None, "Where checkpoints go when the spec has no output_model.", short_name="r")
 flags.DEFINE_integer("gpus", 1, "GPUs to train on (MirroredStrategy when > 1).")
+flags.DEFINE_bool("use_amp", False, "Mixed precision: bfloat16 compute on CPU, float16 on GPU.")
 flags.DEFINE_integer("max_steps_per_epoch", None, "Cap on steps per epoch (smoke tests).")
 flags.mark_flag_as_required("experiment_spec")
 FLAGS = flags.FLAGS
@@ -15,7 +16,8 @@ def main(argv):
     del argv
     from frcnn_tf.train.trainer import run_train
 
-    result = run_train(FLAGS.experiment_spec, FLAGS.results_dir, FLAGS.gpus, FLAGS.max_steps_per_epoch)
+    result = run_train(FLAGS.experiment_spec, FLAGS.results_dir, FLAGS.gpus, FLAGS.max_steps_per_epoch,
+                       FLAGS.use_amp)
     for path in result["checkpoints"]:
         print(f"checkpoint: {path}")
     return 0

@@ -23,6 +23,12 @@ from frcnn_tf.errors import FrcnnError
 from frcnn_tf.proto import input_image_pb2
 
 
+def decode_image(data):
+    """Encoded JPEG/PNG bytes -> RGB float32 [h, w, 3] in [0, 1]."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
 def class_ids(dataset_config):
     """{record class name (lower case): model class id}; ids index the sorted target names."""
     targets = sorted(set(dataset_config.target_class_mapping.values()))
@@ -58,6 +64,7 @@ class InputPipeline:
     """Builds datasets for one experiment spec (model input, dataset and augmentation configs)."""
 
     def __init__(self, spec):
+        """Needs model_config; dataset_config/augmentation/training sections where datasets are built."""
         self.image_config = spec.model_config.input_image_config
         self.dataset_config = spec.dataset_config
         self.augmentation = spec.augmentation_config
@@ -74,7 +81,8 @@ class InputPipeline:
             self.canvas = None
         mapping = class_ids(self.dataset_config)
         self.class_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(list(mapping), list(mapping.values()), tf.string, tf.int32), -1)
+            tf.lookup.KeyValueTensorInitializer(list(mapping), list(mapping.values()), tf.string, tf.int32),
+            -1) if mapping else None
 
     # ---- per-example steps -------------------------------------------------------------
     def _decode(self, example, image_directory):
@@ -82,8 +90,7 @@ class InputPipeline:
         path = tf.strings.join([image_directory, "/", example[records.FRAME_ID], ".", extension])
         data = tf.cond(tf.strings.length(example[records.ENCODED]) > 0,
                        lambda: example[records.ENCODED], lambda: tf.io.read_file(path))
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return tf.image.convert_image_dtype(image, tf.float32)  # RGB in [0, 1]
+        return decode_image(data)
 
     def _normalise(self, image):
         if self.channels == 1:
@@ -103,19 +110,24 @@ class InputPipeline:
         scale = tf.minimum(canvas_h / height, canvas_w / width)
         return (tf.minimum(tf.round(height * scale), canvas_h), tf.minimum(tf.round(width * scale), canvas_w))
 
-    def _example(self, index, serialized, image_directory, training):
-        example = records.parse_example(serialized)
-        image = self._decode(example, image_directory)
-        seed = tf.stack([tf.cast(self.seed, tf.int64), index])
-        if training and self.augment:
-            image = augment.color(image, seed, self.augmentation.color_augmentation)
+    def place(self, image):
+        """RGB image in [0, 1], [h, w, 3] -> (normalised network input, scale (sy, sx) from file to input px)."""
         image = self._normalise(image)
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         new_h, new_w = self._target_size(shape[0], shape[1])
         image = tf.image.resize(image, tf.cast(tf.stack([new_h, new_w]), tf.int32), antialias=True)
-        scale = tf.stack([new_h / shape[0], new_w / shape[1]])
         if self.canvas is not None:
             image = tf.image.pad_to_bounding_box(image, 0, 0, self.canvas[0], self.canvas[1])
+        return image, tf.stack([new_h / shape[0], new_w / shape[1]])
+
+    def _example(self, index, serialized, image_directory, training):
+        example = records.parse_example(serialized)
+        image = self._decode(example, image_directory)
+        original_size = tf.shape(image)[:2]
+        seed = tf.stack([tf.cast(self.seed, tf.int64), index])
+        if training and self.augment:
+            image = augment.color(image, seed, self.augmentation.color_augmentation)
+        image, scale = self.place(image)
         boxes = tf.stack([example[records.Y1], example[records.X1], example[records.Y2], example[records.X2]], -1)
         boxes = tf.reshape(boxes, [-1, 4]) * tf.tile(scale, [2])
         if training and self.augment:
@@ -137,7 +149,7 @@ class InputPipeline:
             "num_boxes": count,
             "frame_id": example[records.FRAME_ID],
             "scale": scale,
-            "original_size": tf.cast(shape, tf.int32),
+            "original_size": original_size,
         }
 
     # ---- datasets ----------------------------------------------------------------------

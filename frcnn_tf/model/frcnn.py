@@ -79,19 +79,26 @@ def build_model(spec):
     settings = ProposalSettings.of(training)
     rois = layers.Proposal(anchors.scale, anchors.ratio, RPN_STRIDE, settings.pre_nms_top_n,
                            settings.post_nms_top_n, settings.nms_iou, training.std_scaling or 1.0,
-                           name="proposal")([rpn_logits, rpn_deltas, image])
+                           name="proposal", dtype="float32")([rpn_logits, rpn_deltas, image])
     pooling = model_config.roi_pooling_config
     crop = pooling.pool_size * (2 if pooling.pool_size_2x else 1)
-    pooled = layers.RoiCrop(RPN_STRIDE, crop, name="roi_pooling")([features, rois])
+    pooled = layers.RoiCrop(RPN_STRIDE, crop, name="roi_pooling", dtype="float32")([features, rois])
     x = resnet.block(pooled, factory, depth, 4, 2 if pooling.pool_size_2x else 1, model_config.all_projections)
     x = tf.keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     class_logits = tf.keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="dense_class_td")(x)
     deltas = tf.keras.layers.Dense(4 * (num_classes - 1), kernel_regularizer=regularizer,
                                    name="dense_regress_td")(x)
-    probabilities = tf.keras.layers.Softmax(name="class_probabilities")(class_logits)
-    outputs = [rois, layers.PerRoi(name="rcnn_class")([probabilities, rois]),
-               layers.PerRoi(name="rcnn_regress")([deltas, rois])]
+    # Box math, crops and outputs stay float32 under a mixed-precision policy.
+    probabilities = tf.keras.layers.Softmax(name="class_probabilities", dtype="float32")(class_logits)
+    outputs = [rois, layers.PerRoi(name="rcnn_class", dtype="float32")([probabilities, rois]),
+               layers.PerRoi(name="rcnn_regress", dtype="float32")([deltas, rois])]
     return tf.keras.Model(image, outputs, name=f"frcnn_{model_config.arch.replace(':', '_')}")
+
+
+def regression_weights(training_config):
+    """classifier_regr_std as (y, x, h, w), the order of the delta vectors."""
+    stds = training_config.classifier_regr_std
+    return stds["y"], stds["x"], stds["h"], stds["w"]
 
 
 class FasterRCNN:
@@ -112,6 +119,17 @@ class FasterRCNN:
         self.proposal = model.get_layer("proposal")
         self.crop_size = crop.pool_size
         self.num_classes = model.get_layer("dense_class_td").units
+
+    def detection_model(self, weights, settings, score_threshold, nms_iou, max_boxes):
+        """image -> [boxes [B, K, 4], scores [B, K], classes [B, K], valid [B]]: the deployable graph.
+
+        settings: ProposalSettings for the RPN; the rest configure the final per-class NMS.
+        """
+        self.configure_proposals(settings)
+        rois, probabilities, deltas = self.model.outputs
+        outputs = layers.DetectionOutput(weights, score_threshold, nms_iou, max_boxes, name="detections",
+                                         dtype="float32")([rois, probabilities, deltas, self.model.input])
+        return tf.keras.Model(self.model.input, outputs, name=f"{self.model.name}_detector")
 
     def configure_proposals(self, settings):
         """Sets the proposal counts/NMS of the saved graph (weights are unaffected)."""

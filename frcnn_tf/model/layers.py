@@ -98,3 +98,44 @@ class PerRoi(tf.keras.layers.Layer):
         values, rois = inputs
         shape = tf.shape(rois)
         return tf.reshape(values, tf.concat([shape[:2], tf.shape(values)[1:]], axis=0))
+
+
+def detect(rois, probabilities, deltas, image_height, image_width, weights, score_threshold, nms_iou, max_boxes):
+    """Second-stage outputs -> final detections (per-class decode, clip, per-class NMS).
+
+    rois [B, R, 4]; probabilities [B, R, C] with background last; deltas [B, R, 4 * (C - 1)].
+    Returns boxes [B, K, 4] (pixels, y1 x1 y2 x2), scores [B, K], classes int32 [B, K],
+    valid int32 [B] (the first valid[b] rows of image b are detections), K = max_boxes.
+    """
+    shape = tf.shape(probabilities)
+    num_classes = shape[2] - 1
+    per_class = tf.reshape(deltas, tf.concat([shape[:2], [num_classes, 4]], axis=0))
+    boxes = box_ops.decode(per_class, rois[:, :, tf.newaxis, :], weights)
+    boxes = box_ops.clip(boxes, image_height, image_width)
+    scores = probabilities[..., :-1] * tf.cast(box_ops.area(rois) > 0, probabilities.dtype)[..., tf.newaxis]
+    boxes, scores, classes, valid = tf.image.combined_non_max_suppression(
+        boxes, scores, max_output_size_per_class=max_boxes, max_total_size=max_boxes, iou_threshold=nms_iou,
+        score_threshold=score_threshold, pad_per_class=False, clip_boxes=False)
+    return boxes, scores, tf.cast(classes, tf.int32), valid
+
+
+@tf.keras.utils.register_keras_serializable(package="frcnn_tf")
+class DetectionOutput(tf.keras.layers.Layer):
+    """[rois, probabilities, deltas, image] -> [boxes, scores, classes, valid] (see `detect`)."""
+
+    def __init__(self, regression_weights, score_threshold, nms_iou, max_boxes, **kwargs):
+        super().__init__(**kwargs)
+        self.regression_weights = [float(w) for w in regression_weights]
+        self.score_threshold = float(score_threshold)
+        self.nms_iou = float(nms_iou)
+        self.max_boxes = int(max_boxes)
+
+    def call(self, inputs):
+        rois, probabilities, deltas, image = inputs
+        image_shape = tf.shape(image)
+        return detect(rois, probabilities, deltas, image_shape[1], image_shape[2], self.regression_weights,
+                      self.score_threshold, self.nms_iou, self.max_boxes)
+
+    def get_config(self):
+        return {**super().get_config(), "regression_weights": self.regression_weights,
+                "score_threshold": self.score_threshold, "nms_iou": self.nms_iou, "max_boxes": self.max_boxes}

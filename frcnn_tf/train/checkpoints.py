@@ -20,7 +20,7 @@ _EPOCH = re.compile(r"\.epoch_?([0-9]+)\.[^./]+$")
 METADATA_KEY = "frcnn_tf"
 MODEL_EXTENSIONS = (".hdf5", ".h5")
 # Registered classes load by their package name; HDF5 optimizer configs name schedules bare.
-CUSTOM_OBJECTS = {cls.__name__: cls for cls in (layers.Proposal, layers.RoiCrop, layers.PerRoi,
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (layers.Proposal, layers.RoiCrop, layers.PerRoi, layers.DetectionOutput,
                                                 schedules.SoftStartAnnealing, schedules.ContinuousStep)}
 
 

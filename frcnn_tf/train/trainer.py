@@ -11,7 +11,8 @@ from frcnn_tf import losses, targets
 from frcnn_tf.data.pipeline import InputPipeline, shard_sources
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.model import layers
-from frcnn_tf.model.frcnn import POSITIVE_FRACTION, RPN_STRIDE, FasterRCNN, ProposalSettings, build_model
+from frcnn_tf.model.frcnn import (POSITIVE_FRACTION, RPN_STRIDE, FasterRCNN, ProposalSettings, build_model,
+                                  regression_weights)
 from frcnn_tf.spec.summary import class_names
 from frcnn_tf.train import checkpoints, schedules
 
@@ -29,15 +30,14 @@ class TrainStep:
         self.proposals = ProposalSettings.of(training)
         self.training = training
         self.roi_mini_batch = model_config.roi_mini_batch
-        stds = training.classifier_regr_std
-        self.rcnn_weights = (stds["y"], stds["x"], stds["h"], stds["w"])
+        self.rcnn_weights = regression_weights(training)
         scaling = training.std_scaling or 1.0
         self.rpn_weights = (scaling,) * 4  # the Proposal layer divides predictions by std_scaling
         self.step = tf.function(self._distributed_step)
 
     def _losses(self, images, gt_boxes, gt_classes, seed):
         frcnn, training = self.frcnn, self.training
-        features, rpn_logits, rpn_deltas = frcnn.backbone_rpn(images, training=True)
+        features, rpn_logits, rpn_deltas = [tf.cast(t, tf.float32) for t in frcnn.backbone_rpn(images, training=True)]
         shape, image_shape = tf.shape(rpn_logits), tf.shape(images)
         height, width = image_shape[1], image_shape[2]
         anchors = box_ops.anchor_boxes(shape[1], shape[2], RPN_STRIDE, self.anchor_scales, self.anchor_ratios)
@@ -55,7 +55,7 @@ class TrainStep:
             training.classifier_min_overlap, training.classifier_max_overlap, self.roi_mini_batch,
             POSITIVE_FRACTION, training.gt_as_roi, seed + [0, 7], self.rcnn_weights)
         crops = layers.crop_rois(features, rois, RPN_STRIDE, frcnn.crop_size)
-        class_logits, deltas = frcnn.head(crops, training=True)
+        class_logits, deltas = [tf.cast(t, tf.float32) for t in frcnn.head(crops, training=True)]
         class_logits = tf.reshape(class_logits, [batch, self.roi_mini_batch, -1])
         deltas = tf.reshape(deltas, [batch, self.roi_mini_batch, -1])
         values = {
@@ -74,10 +74,15 @@ class TrainStep:
 
     def _replica_step(self, images, gt_boxes, gt_classes, seed):
         variables = self.frcnn.model.trainable_variables
+        loss_scaling = isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             values = self._losses(images, gt_boxes, gt_classes, seed)
             scaled = values["total"] / self.strategy.num_replicas_in_sync
+            if loss_scaling:
+                scaled = self.optimizer.get_scaled_loss(scaled)
         gradients = tape.gradient(scaled, variables)
+        if loss_scaling:
+            gradients = self.optimizer.get_unscaled_gradients(gradients)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return values
 
@@ -130,6 +135,22 @@ def _initial_model(spec, results_dir):
     return FasterRCNN(model), None, 0, {}
 
 
+def _validate(spec, frcnn, metadata, writer, epoch):
+    """mAP of the current weights on the validation split (evaluation_config settings)."""
+    from frcnn_tf.evaluate import evaluate_detector, format_table
+    from frcnn_tf.predict import KerasDetector
+
+    detector = KerasDetector(frcnn, metadata["class_names"], metadata["regression_weights"],
+                             spec.evaluation_config)
+    result = evaluate_detector(spec, detector)
+    frcnn.configure_proposals(ProposalSettings.of(spec.training_config))
+    for line in format_table(result):
+        logging.info("validation after epoch %d: %s", epoch, line)
+    with writer.as_default(step=epoch):
+        tf.summary.scalar("validation/mAP", result["map"])
+    return result["map"]
+
+
 def _restore_optimizer_state(optimizer, saved, variables):
     """Copies step count and slots of a resumed optimizer into the one built from the spec.
 
@@ -148,11 +169,35 @@ def _restore_optimizer_state(optimizer, saved, variables):
                         type(saved).__name__, type(optimizer).__name__)
 
 
-def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
+def amp_policy():
+    """TLT's --use_amp: bfloat16 compute on CPUs, float16 (with loss scaling) on GPUs."""
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
+def build_training_optimizer(training, total_steps):
+    """The spec's optimizer and schedule, with loss scaling under a float16 policy."""
+    optimizer = schedules.build_optimizer(training.optimizer,
+                                          schedules.build_schedule(training.learning_rate, total_steps))
+    if tf.keras.mixed_precision.global_policy().compute_dtype == "float16":
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_amp=False):
     """Trains per the validated experiment spec; returns {'checkpoints': [...], 'history': [...]}.
 
     max_steps_per_epoch caps the steps of each epoch (for smoke tests and benchmarks).
+    use_amp computes in 16-bit floats (variables stay float32; see amp_policy).
     """
+    previous_policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(amp_policy() if use_amp else "float32")
+    try:
+        return _train(spec, results_dir, strategy, max_steps_per_epoch)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(spec, results_dir, strategy, max_steps_per_epoch):
     training = spec.training_config
     strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(spec.random_seed)
@@ -172,8 +217,7 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
     with strategy.scope():
         frcnn, saved_optimizer, first_epoch, metadata = _initial_model(spec, results_dir)
         frcnn.configure_proposals(ProposalSettings.of(training))
-        optimizer = schedules.build_optimizer(training.optimizer,
-                                              schedules.build_schedule(training.learning_rate, total_steps))
+        optimizer = build_training_optimizer(training, total_steps)
         if saved_optimizer is not None:
             _restore_optimizer_state(optimizer, saved_optimizer, frcnn.model.trainable_variables)
         frcnn.model.compile(optimizer=optimizer)  # saved with the model for resume
@@ -183,7 +227,9 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
     iterator = iter(data)
     writer = tf.summary.create_file_writer(os.path.join(os.path.dirname(output_model), "logs"))
     metadata = {**metadata, "arch": spec.model_config.arch, "class_names": class_names(spec.dataset_config),
-                "qat": bool(training.enable_qat)}
+                "regression_weights": list(regression_weights(training)), "qat": bool(training.enable_qat)}
+    validation_period = spec.evaluation_config.validation_period_during_training if spec.HasField(
+        "evaluation_config") else 0
     saved, history = [], []
     for epoch in range(first_epoch, training.num_epochs):
         logging.info("epoch %d/%d", epoch + 1, training.num_epochs)
@@ -208,6 +254,8 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
                 tf.summary.scalar("learning_rate", lr)
         epoch_losses = {k: v / steps for k, v in sums.items()}
         history.append({"epoch": epoch + 1, **epoch_losses})
+        if validation_period and (epoch + 1) % validation_period == 0:
+            history[-1]["validation_map"] = _validate(spec, frcnn, metadata, writer, epoch + 1)
         if (epoch + 1) % training.checkpoint_interval == 0 or epoch + 1 == training.num_epochs:
             path = checkpoints.checkpoint_path(output_model, epoch + 1)
             checkpoints.save_model(frcnn.model, path, {**metadata, "epoch": epoch + 1})
@@ -217,7 +265,7 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None):
     return {"checkpoints": saved, "history": history}
 
 
-def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None):
+def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use_amp=False):
     """Loads and validates the spec, then trains; returns train()'s result."""
     from frcnn_tf.spec import parse_experiment_spec
     from frcnn_tf.spec.validate import require_section
@@ -231,4 +279,4 @@ def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None):
         if len(visible) < gpus:
             raise FrcnnError(f"--gpus {gpus} asked for, but {len(visible)} GPUs are visible")
         strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
-    return train(spec, results_dir, strategy, max_steps_per_epoch)
+    return train(spec, results_dir, strategy, max_steps_per_epoch, use_amp)
