@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from frcnn_tf import quantize
 from frcnn_tf.errors import FrcnnError
 
 EQUALIZATIONS = {"union": np.max, "intersection": np.min, "arithmetic_mean": np.mean,
@@ -153,7 +154,7 @@ def _slice_weights(layer, old_weights, in_indices, out_indices):
 
 def prune_model(model, options, custom_objects):
     """A new, smaller Keras model and a per-layer table of filters/parameters before and after."""
-    if any("quantize" in type(layer).__name__.lower() for layer in model.layers):
+    if quantize.is_quantized(model):
         raise FrcnnError("this is a QAT model: prune the float model, then retrain it with enable_qat")
     kept = plan(model, options)
     channels = _channel_indices(model, kept)

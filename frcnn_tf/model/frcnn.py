@@ -101,6 +101,12 @@ def regression_weights(training_config):
     return stds["y"], stds["x"], stds["h"], stds["w"]
 
 
+def find_layer(model, name):
+    """The layer called `name`, or the QAT wrapper `quant_<name>` around it."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer(name if name in names else f"quant_{name}")
+
+
 class FasterRCNN:
     """A Faster R-CNN Keras model and the sub-graphs that share its layers.
 
@@ -111,14 +117,16 @@ class FasterRCNN:
     def __init__(self, model):
         self.model = model
         crop = model.get_layer("roi_pooling")
-        features = crop.input[0]
-        self.backbone_rpn = tf.keras.Model(model.input, [features, model.get_layer("rpn_out_class").output,
-                                                         model.get_layer("rpn_out_regress").output])
-        self.head = tf.keras.Model(crop.output, [model.get_layer("dense_class_td").output,
-                                                 model.get_layer("dense_regress_td").output])
+        # A layer shared with another graph (tfmot's QAT clone) has one node per graph; this
+        # model's is the last.
+        features, crop_output = crop.get_input_at(-1)[0], crop.get_output_at(-1)
+        self.backbone_rpn = tf.keras.Model(model.input, [features, find_layer(model, "rpn_out_class").output,
+                                                         find_layer(model, "rpn_out_regress").output])
+        classifier = find_layer(model, "dense_class_td")
+        self.head = tf.keras.Model(crop_output, [classifier.output, find_layer(model, "dense_regress_td").output])
         self.proposal = model.get_layer("proposal")
         self.crop_size = crop.pool_size
-        self.num_classes = model.get_layer("dense_class_td").units
+        self.num_classes = getattr(classifier, "layer", classifier).units
 
     def detection_model(self, weights, settings, score_threshold, nms_iou, max_boxes):
         """image -> [boxes [B, K, 4], scores [B, K], classes [B, K], valid [B]]: the deployable graph.

@@ -11,6 +11,7 @@ import warnings
 import h5py
 import tensorflow as tf
 
+from frcnn_tf import quantize
 from frcnn_tf.errors import FrcnnError
 
 from frcnn_tf.model import layers
@@ -70,7 +71,8 @@ def load_model(path, purpose="model"):
     try:
         with h5py.File(path, "r") as h5:
             metadata = json.loads(h5.attrs.get(METADATA_KEY, "{}"))
-        model = tf.keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=True)
+        with quantize.quantize_scope(CUSTOM_OBJECTS):  # QAT models need tfmot's classes
+            model = tf.keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=True)
     except (OSError, ValueError, KeyError) as err:
         raise FrcnnError(f"{path}: cannot load the {purpose} ({err})") from None
     return model, metadata

@@ -7,7 +7,7 @@ import tensorflow as tf
 from absl import logging
 
 from frcnn_tf import boxes as box_ops
-from frcnn_tf import losses, targets
+from frcnn_tf import losses, quantize, targets
 from frcnn_tf.data.pipeline import InputPipeline, shard_sources
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.model import layers
@@ -116,6 +116,19 @@ def _log_weight_loading(path, status):
         raise FrcnnError(f"{path}: no layer of the pretrained weights matches this model by name and shape")
 
 
+def _with_qat(model, spec, source):
+    """The model, converted to QAT when the spec enables it; a QAT model needs enable_qat."""
+    if quantize.is_quantized(model):
+        if not spec.training_config.enable_qat:
+            raise FrcnnError(f"{source}: is a QAT model but training_config.enable_qat is false; "
+                             "set enable_qat: true (a QAT model cannot be trained in float)")
+        return model
+    if spec.training_config.enable_qat:
+        logging.info("enable_qat: converting the model to quantization-aware training")
+        return quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS)
+    return model
+
+
 def _initial_model(spec, results_dir):
     """(FasterRCNN, optimizer or None, first epoch index, metadata of the start model)."""
     training = spec.training_config
@@ -123,16 +136,16 @@ def _initial_model(spec, results_dir):
         model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model")
         epoch = checkpoints.epoch_of(training.resume_from_model)
         logging.info("resuming from %s at epoch %d", training.resume_from_model, epoch + 1)
-        return FasterRCNN(model), model.optimizer, epoch, metadata
+        return FasterRCNN(_with_qat(model, spec, training.resume_from_model)), model.optimizer, epoch, metadata
     if training.retrain_pruned_model:
         model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model")
         logging.info("retraining the pruned model %s", training.retrain_pruned_model)
-        return FasterRCNN(model), None, 0, metadata
+        return FasterRCNN(_with_qat(model, spec, training.retrain_pruned_model)), None, 0, metadata
     model = build_model(spec)
     if training.pretrained_weights:
         _log_weight_loading(training.pretrained_weights,
                             checkpoints.load_matching_weights(model, training.pretrained_weights))
-    return FasterRCNN(model), None, 0, {}
+    return FasterRCNN(_with_qat(model, spec, "the new model")), None, 0, {}
 
 
 def _validate(spec, frcnn, metadata, writer, epoch):
@@ -189,6 +202,8 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_a
     max_steps_per_epoch caps the steps of each epoch (for smoke tests and benchmarks).
     use_amp computes in 16-bit floats (variables stay float32; see amp_policy).
     """
+    if use_amp and spec.training_config.enable_qat:
+        raise FrcnnError("--use_amp and enable_qat do not combine: QAT simulates int8 on float32")
     previous_policy = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(amp_policy() if use_amp else "float32")
     try:

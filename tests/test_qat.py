@@ -1,0 +1,63 @@
+"""QAT: fake-quant on every conv/dense of the backbone and heads, float custom layers, training, files."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from frcnn_tf import quantize
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.evaluate import evaluate_detector
+from frcnn_tf.model.frcnn import FasterRCNN, build_model
+from frcnn_tf.predict import KerasDetector
+from frcnn_tf.prune import PruneOptions, prune_model
+from frcnn_tf.spec import load_experiment_spec
+from frcnn_tf.train import checkpoints, schedules
+from frcnn_tf.train.trainer import TrainStep, train
+from kitti_fixtures import small_training_spec
+from test_prune import _spec as tiny_spec
+
+
+def test_qat_model_structure_and_training(tmp_path):
+    spec = tiny_spec(tmp_path)
+    spec.training_config.enable_qat = True
+    model = build_model(spec)
+    convs = [layer.name for layer in model.layers if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense))]
+    assert len(convs) == 30  # 20 backbone + 3 RPN + 5 block-4 convs, 2 dense heads (all_projections)
+    qat = quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS)
+    assert sorted(quantize.fake_quant_layers(qat)) == sorted(convs)
+    for name in ("proposal", "roi_pooling", "rcnn_class", "rcnn_regress"):
+        assert not isinstance(qat.get_layer(name), quantize.tfmot.quantization.keras.QuantizeWrapperV2)
+    for name in ("conv1", "block_4b_conv_2", "dense_class_td"):  # float weights carried over
+        kernel = qat.get_layer(f"quant_{name}").weights[0]
+        np.testing.assert_array_equal(kernel.numpy(), model.get_layer(name).kernel.numpy())
+    with pytest.raises(FrcnnError, match="QAT model: prune the float model"):
+        prune_model(qat, PruneOptions(), checkpoints.CUSTOM_OBJECTS)
+
+    frcnn = FasterRCNN(qat)
+    optimizer = schedules.build_optimizer(spec.training_config.optimizer,
+                                          schedules.build_schedule(spec.training_config.learning_rate, 10))
+    step = TrainStep(spec, frcnn, optimizer, tf.distribute.get_strategy())
+    rng = np.random.default_rng(2)
+    batch = {"images": tf.constant(rng.normal(0, 50, [2, 64, 96, 3]), tf.float32),
+             "boxes": tf.constant([[[8.0, 8.0, 40.0, 56.0]] + [[0.0] * 4] * 3] * 2),
+             "classes": tf.constant([[0, -1, -1, -1]] * 2)}
+    losses = [float(step.step(batch, tf.constant([0, i], tf.int64))["total"]) for i in range(5)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records, traffic_lights):
+    path = small_training_spec(tmp_path / "qat.txt", traffic_light_records, traffic_lights,
+                               tmp_path / "m" / "qat.hdf5", extra=[("enable_qat: false", "enable_qat: true"),
+                                                                   ("validation_period_during_training: 1",
+                                                                    "validation_period_during_training: 5")])
+    spec = load_experiment_spec(path)
+    result = train(spec, max_steps_per_epoch=3)
+    model, metadata = checkpoints.load_model(result["checkpoints"][0])
+    assert quantize.is_quantized(model) and metadata["qat"] is True
+    spec.evaluation_config.rpn_nms_max_boxes = 16
+    report = evaluate_detector(spec, KerasDetector(FasterRCNN(model), metadata["class_names"],
+                                                   metadata["regression_weights"], spec.evaluation_config))
+    assert report["images"] == 77 and 0.0 <= report["map"] <= 1.0
+    spec.training_config.enable_qat = False
+    spec.training_config.resume_from_model = result["checkpoints"][0]
+    with pytest.raises(FrcnnError, match="is a QAT model but training_config.enable_qat is false"):
+        train(spec, max_steps_per_epoch=3)
