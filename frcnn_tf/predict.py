@@ -48,3 +48,38 @@ class KerasDetector:
 
     def __call__(self, images):
         return split_detections(*(t.numpy() for t in self._run(images)))
+
+
+class OnnxDetector:
+    """An exported ONNX model run by onnxruntime on the CPU, with KerasDetector's interface.
+
+    The exported graph carries its own proposal/NMS settings (chosen at export).
+    """
+
+    def __init__(self, path):
+        import json
+
+        import onnx
+        import onnxruntime
+
+        try:
+            props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+            self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnx/onnxruntime raise many types for unreadable files
+            raise FrcnnError(f"{path}: cannot load the ONNX model ({err})") from None
+        if "frcnn_tf" not in props:
+            raise FrcnnError(f"{path}: not an ONNX model exported by frcnn_tf (no frcnn_tf metadata)")
+        self.info = json.loads(props["frcnn_tf"])
+        self.class_names = self.info["class_names"]
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images):
+        boxes, scores, classes, valid = self.session.run(None, {self.input_name: np.asarray(images, np.float32)})
+        return split_detections(boxes, scores, classes, valid)
+
+
+def load_detector(path, spec, section):
+    """A Keras (.hdf5/.h5) or ONNX (.onnx) detector by file extension."""
+    if path.endswith(".onnx"):
+        return OnnxDetector(path)
+    return KerasDetector.from_file(path, spec, section)

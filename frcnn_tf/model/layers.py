@@ -106,17 +106,26 @@ def detect(rois, probabilities, deltas, image_height, image_width, weights, scor
     rois [B, R, 4]; probabilities [B, R, C] with background last; deltas [B, R, 4 * (C - 1)].
     Returns boxes [B, K, 4] (pixels, y1 x1 y2 x2), scores [B, K], classes int32 [B, K],
     valid int32 [B] (the first valid[b] rows of image b are detections), K = max_boxes.
+    Per-class NMS runs as one NMS over boxes shifted by class * (image size + 1), so
+    boxes of different classes never overlap (exportable to ONNX NonMaxSuppression).
     """
     shape = tf.shape(probabilities)
     num_classes = shape[2] - 1
     per_class = tf.reshape(deltas, tf.concat([shape[:2], [num_classes, 4]], axis=0))
-    boxes = box_ops.decode(per_class, rois[:, :, tf.newaxis, :], weights)
-    boxes = box_ops.clip(boxes, image_height, image_width)
+    boxes = box_ops.clip(box_ops.decode(per_class, rois[:, :, tf.newaxis, :], weights), image_height, image_width)
     scores = probabilities[..., :-1] * tf.cast(box_ops.area(rois) > 0, probabilities.dtype)[..., tf.newaxis]
-    boxes, scores, classes, valid = tf.image.combined_non_max_suppression(
-        boxes, scores, max_output_size_per_class=max_boxes, max_total_size=max_boxes, iou_threshold=nms_iou,
-        score_threshold=score_threshold, pad_per_class=False, clip_boxes=False)
-    return boxes, scores, tf.cast(classes, tf.int32), valid
+    offset = tf.cast(tf.maximum(image_height, image_width) + 1, boxes.dtype)
+    class_ids = tf.cast(tf.range(num_classes), boxes.dtype)[tf.newaxis, tf.newaxis, :, tf.newaxis]
+    shifted = tf.reshape(boxes + class_ids * offset, [shape[0], -1, 1, 4])
+    kept, scores, _, valid = tf.image.combined_non_max_suppression(
+        shifted, tf.reshape(scores, [shape[0], -1, 1]), max_output_size_per_class=max_boxes,
+        max_total_size=max_boxes, iou_threshold=nms_iou, score_threshold=score_threshold, pad_per_class=False,
+        clip_boxes=False)
+    classes = tf.floor(kept[..., 0] / offset)
+    boxes = kept - classes[..., tf.newaxis] * offset
+    valid_rows = tf.range(max_boxes)[tf.newaxis] < valid[:, tf.newaxis]
+    boxes = tf.where(valid_rows[..., tf.newaxis], boxes, 0.0)
+    return boxes, scores, tf.where(valid_rows, tf.cast(classes, tf.int32), 0), valid
 
 
 @tf.keras.utils.register_keras_serializable(package="frcnn_tf")

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Benchmark pruning: parameters, multiply-accumulates and CPU inference time before/after.
+
+  python bench/prune_speed.py -m MODEL.hdf5 -e SPEC [--thresholds 0.1,0.2,0.4] [--runs 5]
+MACs count conv/dense work per image; layers after the RoI crop run once per RoI
+(evaluation_config.rpn_nms_max_boxes of them). Prints one JSON object.
+"""
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from frcnn_tf.model.frcnn import FasterRCNN, ProposalSettings
+from frcnn_tf.prune import PruneOptions, prune_model
+from frcnn_tf.spec import load_experiment_spec
+from frcnn_tf.train import checkpoints
+
+flags.DEFINE_string("model", None, "Trained model (.hdf5).", short_name="m")
+flags.DEFINE_string("experiment_spec", None, "Spec; its evaluation_config sets the RoI count.", short_name="e")
+flags.DEFINE_list("thresholds", ["0.1", "0.2", "0.4"], "Pruning thresholds (-pth).")
+flags.DEFINE_integer("runs", 5, "Timed inference runs (after one warm-up).")
+flags.mark_flags_as_required(["model", "experiment_spec"])
+FLAGS = flags.FLAGS
+
+
+def macs(model, rois):
+    frcnn = FasterRCNN(model)
+    per_roi = {layer.name for layer in frcnn.head.layers}
+    total = 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, tf.keras.layers.Conv2D):
+            _, height, width, out = layer.output.shape
+            kernel = int(np.prod(inner.kernel_size)) * layer.input.shape[-1]
+            count = height * width * kernel * out
+        elif isinstance(inner, tf.keras.layers.Dense):
+            count = layer.input.shape[-1] * inner.units
+        else:
+            continue
+        total += count * (rois if layer.name in per_roi else 1)
+    return int(total)
+
+
+def seconds_per_image(model, spec, runs):
+    frcnn = FasterRCNN(model)
+    frcnn.configure_proposals(ProposalSettings.of(spec.evaluation_config))
+    infer = tf.function(lambda images: frcnn.model(images, training=False))
+    images = tf.random.normal([1, *model.input_shape[1:]]) * 50
+    [t.numpy() for t in infer(images)]
+    start = time.perf_counter()
+    for _ in range(runs):
+        [t.numpy() for t in infer(images)]
+    return (time.perf_counter() - start) / runs
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.ERROR)
+    spec = load_experiment_spec(FLAGS.experiment_spec)
+    model, _ = checkpoints.load_model(FLAGS.model)
+    rois = spec.evaluation_config.rpn_nms_max_boxes
+    base = {"params": model.count_params(), "gmacs": round(macs(model, rois) / 1e9, 2),
+            "s_per_image": round(seconds_per_image(model, spec, FLAGS.runs), 3)}
+    rows = []
+    for threshold in (float(t) for t in FLAGS.thresholds):
+        pruned, _ = prune_model(model, PruneOptions(threshold=threshold), checkpoints.CUSTOM_OBJECTS)
+        row = {"threshold": threshold, "params": pruned.count_params(), "gmacs": round(macs(pruned, rois) / 1e9, 2),
+               "s_per_image": round(seconds_per_image(pruned, spec, FLAGS.runs), 3)}
+        row["params_ratio"] = round(row["params"] / base["params"], 3)
+        row["speedup"] = round(base["s_per_image"] / row["s_per_image"], 2)
+        rows.append(row)
+    print(json.dumps({"benchmark": "prune_speed", "model": FLAGS.model, "input": list(model.input_shape[1:]),
+                      "rois": rois, "cpus": os.cpu_count(), "machine": platform.machine(), "unpruned": base,
+                      "pruned": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Export: ONNX graphs for TensorRT / onnxruntime."""
