@@ -1,28 +1,184 @@
-"""The main job: the whole workflow on the project's own sample data.
+"""The main job: the whole workflow on generated sample data (or any KITTI folder).
 
-Stages run in order and each reports what it produced. Stages that are not
-built yet are listed as such rather than skipped silently.
+generate -> dataset_convert -> train -> evaluate -> prune -> retrain with QAT ->
+evaluate -> export ONNX -> evaluate the ONNX model (onnxruntime) -> inference.
+Every stage calls the same function as its bin/ script; the specs it derives
+from specs/ are written to <workdir>/specs so each stage can be rerun by hand.
 """
+import dataclasses
+import os
 import pathlib
+import time
 
 from absl import logging
+from google.protobuf import text_format
 
-from frcnn_tf.spec.summary import validate_spec_file
+from frcnn_tf import sample_data
+from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
 
 SPECS_DIR = pathlib.Path(__file__).resolve().parents[1] / "specs"
-DEFAULT_SPECS = ("kitti_convert.txt", "frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt",
-                 "frcnn_resnet18_grayscale.txt")
-PENDING_STAGES = ("generate sample data", "dataset_convert", "train", "evaluate", "prune",
-                  "retrain with QAT", "export FP32/FP16/INT8", "evaluate exported models", "inference")
 
 
-def run_quickstart(specs_dir=SPECS_DIR):
-    """Runs every built stage; returns the summary lines printed at the end."""
-    summary = []
-    for name in DEFAULT_SPECS:
-        path = pathlib.Path(specs_dir) / name
-        lines = validate_spec_file(str(path))
-        logging.info("validated %s", path)
-        summary.append(f"spec {name}: valid ({'; '.join(lines[1:3])})")
-    summary.append(f"not built yet: {', '.join(PENDING_STAGES)}")
-    return summary
+@dataclasses.dataclass(frozen=True)
+class QuickstartOptions:
+    """Sizes of the run; the defaults finish in about 20 minutes on 2 CPU cores."""
+
+    num_images: int = 300
+    image_height: int = 192
+    image_width: int = 320
+    epochs: int = 6
+    qat_epochs: int = 2
+    batch_size: int = 4
+    roi_mini_batch: int = 64
+    eval_rois: int = 100
+    prune_threshold: float = 0.2
+    max_steps_per_epoch: int = None
+    seed: int = 0
+
+
+def _write_spec(message, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pathlib.Path(path).write_text(text_format.MessageToString(message))
+    return str(path)
+
+
+def derive_specs(workdir, data_dir, options, classes):
+    """Writes the conversion, training and QAT-retraining specs for this run; returns their paths."""
+    conversion = load_conversion_spec(str(SPECS_DIR / "kitti_convert.txt"))
+    conversion.kitti_config.root_directory_path = data_dir
+    conversion.image_directory_path = data_dir
+    conversion.kitti_config.num_shards = 2
+
+    train = load_experiment_spec(str(SPECS_DIR / "frcnn_resnet18_train.txt"))
+    train.random_seed = options.seed
+    model = train.model_config
+    size = model.input_image_config.size_height_width
+    size.height, size.width = options.image_height, options.image_width
+    pre = train.augmentation_config.preprocessing
+    pre.output_image_height, pre.output_image_width = options.image_height, options.image_width
+    del model.anchor_box_config.scale[:]
+    model.anchor_box_config.scale.extend([16.0, 32.0, 64.0])
+    model.freeze_bn = False  # training from scratch: no pretrained weights to keep
+    del model.freeze_blocks[:]
+    model.roi_mini_batch = options.roi_mini_batch
+    source = train.dataset_config.data_sources[0]
+    source.tfrecords_path = os.path.join(workdir, "tfrecords", "sample-fold-*")
+    source.image_directory_path = data_dir
+    train.dataset_config.target_class_mapping.clear()
+    train.dataset_config.target_class_mapping.update({name: name for name in classes})
+    training = train.training_config
+    training.num_epochs, training.batch_size_per_gpu = options.epochs, options.batch_size
+    training.rpn_mini_batch, training.rpn_pre_nms_top_N, training.rpn_nms_max_boxes = 128, 2000, 300
+    training.output_model = os.path.join(workdir, "models", "frcnn_resnet18.hdf5")
+    training.optimizer.sgd.lr = training.learning_rate.soft_start.base_lr = 0.01
+    training.learning_rate.soft_start.start_lr = 0.001
+    for section in (train.evaluation_config, train.inference_config):
+        section.rpn_pre_nms_top_N, section.rpn_nms_max_boxes = 1000, options.eval_rois
+    train.evaluation_config.validation_period_during_training = options.epochs
+    train.evaluation_config.model = checkpoint = f"{training.output_model[:-5]}.epoch{options.epochs}.hdf5"
+    train.inference_config.model = checkpoint
+    train.inference_config.images_dir = os.path.join(data_dir, "images")
+    train.inference_config.detection_image_output_dir = os.path.join(workdir, "inference", "images")
+    train.inference_config.labels_dump_dir = os.path.join(workdir, "inference", "labels")
+
+    qat = type(train)()
+    qat.CopyFrom(train)
+    qat.training_config.enable_qat = True
+    qat.training_config.num_epochs = qat.evaluation_config.validation_period_during_training = options.qat_epochs
+    qat.training_config.retrain_pruned_model = os.path.join(workdir, "models", "frcnn_resnet18_pruned.hdf5")
+    qat.training_config.output_model = os.path.join(workdir, "models", "frcnn_resnet18_qat.hdf5")
+    qat.evaluation_config.model = qat.inference_config.model = (
+        f"{qat.training_config.output_model[:-5]}.epoch{options.qat_epochs}.hdf5")
+    specs = os.path.join(workdir, "specs")
+    return (_write_spec(conversion, os.path.join(specs, "kitti_convert.txt")),
+            _write_spec(train, os.path.join(specs, "frcnn_resnet18_train.txt")),
+            _write_spec(qat, os.path.join(specs, "frcnn_resnet18_retrain_qat.txt")))
+
+
+class _Stages:
+    """Runs stages in order, timing each, and collects the summary rows."""
+
+    def __init__(self):
+        self.rows = []
+
+    def run(self, name, function, *args, **kwargs):
+        logging.info("==== %s", name)
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        self.rows.append({"stage": name, "seconds": round(time.perf_counter() - start, 1)})
+        return result
+
+    def note(self, **values):
+        self.rows[-1].update(values)
+
+
+def _ms_per_image(stages, result):
+    return round(1000 * stages.rows[-1]["seconds"] / max(result["images"], 1), 1)
+
+
+def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
+    """Runs the workflow; returns (summary rows, artifact paths)."""
+    from frcnn_tf.data.convert import run_dataset_convert
+    from frcnn_tf.evaluate import run_evaluate
+    from frcnn_tf.export.onnx_export import run_export
+    from frcnn_tf.inference import run_inference
+    from frcnn_tf.prune import PruneOptions, run_prune
+    from frcnn_tf.train.checkpoints import load_model
+    from frcnn_tf.train.trainer import run_train
+
+    workdir = os.path.abspath(workdir)
+    stages = _Stages()
+    classes = sample_data.CLASSES
+    if data_dir is None:
+        data_dir = os.path.join(workdir, "sample_data")
+        counts = stages.run("generate sample data", sample_data.generate, data_dir, options.num_images,
+                            options.image_width, options.image_height, options.seed)
+        stages.note(detail=", ".join(f"{k} {v}" for k, v in counts.items()))
+    else:
+        data_dir = os.path.abspath(data_dir)
+        classes = sorted({line.split()[0].lower() for name in os.listdir(os.path.join(data_dir, "labels"))
+                          for line in open(os.path.join(data_dir, "labels", name)) if line.strip()})
+    convert_spec, train_spec, qat_spec = derive_specs(workdir, data_dir, options, classes)
+    prefix = os.path.join(workdir, "tfrecords", "sample")
+    summary = stages.run("dataset_convert", run_dataset_convert, convert_spec, prefix, overwrite=True)
+    stages.note(detail=f"{summary['total_images']} images, {len(summary['shards'])} shards")
+
+    model_path = stages.run("train", run_train, train_spec, max_steps_per_epoch=options.max_steps_per_epoch)[
+        "checkpoints"][-1]
+    stages.note(params=load_model(model_path)[0].count_params())
+    result = stages.run("evaluate (Keras FP32)", run_evaluate, train_spec, model_path)
+    stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result))
+
+    pruned = load_experiment_spec(qat_spec).training_config.retrain_pruned_model
+    stages.run("prune", run_prune, model_path, pruned,
+               PruneOptions(threshold=options.prune_threshold), overwrite=True)
+    stages.note(params=load_model(pruned)[0].count_params())
+    qat_path = stages.run("retrain pruned model with QAT", run_train, qat_spec,
+                          max_steps_per_epoch=options.max_steps_per_epoch)["checkpoints"][-1]
+    result = stages.run("evaluate (Keras QAT)", run_evaluate, qat_spec, qat_path)
+    stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result),
+                params=load_model(qat_path)[0].count_params())
+
+    onnx_path = os.path.join(workdir, "export", "frcnn_resnet18_fp32.onnx")
+    stages.run("export ONNX FP32", run_export, train_spec, model_path, onnx_path, overwrite=True)
+    result = stages.run("evaluate (onnxruntime FP32)", run_evaluate, train_spec, onnx_path)
+    stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result))
+    images = os.path.join(workdir, "inference", "input")
+    os.makedirs(images, exist_ok=True)
+    for name in sorted(os.listdir(os.path.join(data_dir, "images")))[:8]:
+        pathlib.Path(images, name).write_bytes(pathlib.Path(data_dir, "images", name).read_bytes())
+    stages.run("inference", run_inference, train_spec, model_path, images, overwrite=True)
+    artifacts = {"sample data": data_dir, "specs": os.path.dirname(train_spec), "tfrecords": prefix + "-*",
+                 "model": model_path, "pruned model": pruned, "QAT model": qat_path, "ONNX FP32": onnx_path,
+                 "inference": os.path.join(workdir, "inference"), "evaluation reports": os.path.dirname(model_path)}
+    return stages.rows, artifacts
+
+
+def format_summary(rows, artifacts):
+    lines = [f"{'stage':<32}{'seconds':>9}{'mAP':>9}{'params':>12}{'ms/image':>10}  detail"]
+    for row in rows:
+        lines.append(f"{row['stage']:<32}{row['seconds']:>9}{row.get('map', ''):>9}{row.get('params', ''):>12}"
+                     f"{row.get('ms_per_image', ''):>10}  {row.get('detail', '')}")
+    lines.append("artifacts:")
+    lines += [f"  {name}: {path}" for name, path in artifacts.items()]
+    return lines

@@ -1,0 +1,51 @@
+"""The main job end to end at a tiny size, on generated sample data."""
+import json
+import os
+
+import numpy as np
+import onnx
+
+from frcnn_tf import sample_data
+from frcnn_tf.quickstart import QuickstartOptions, format_summary, run_quickstart
+
+
+def test_sample_data_is_deterministic_and_labelled(tmp_path):
+    first = sample_data.generate(str(tmp_path / "a"), num_images=5, seed=3)
+    second = sample_data.generate(str(tmp_path / "b"), num_images=5, seed=3)
+    assert first == second and sum(first.values()) >= 5
+    for name in ("000000", "000004"):
+        assert (tmp_path / "a" / "images" / f"{name}.jpg").read_bytes() == (
+            tmp_path / "b" / "images" / f"{name}.jpg").read_bytes()
+        for line in (tmp_path / "a" / "labels" / f"{name}.txt").read_text().splitlines():
+            fields = line.split()
+            assert len(fields) == 15 and fields[0] in sample_data.CLASSES
+            x1, y1, x2, y2 = map(float, fields[4:8])
+            assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 192
+    assert (tmp_path / "a" / "images" / "000000.jpg").read_bytes() != sample_data_image(tmp_path, seed=4)
+
+
+def test_whole_workflow_at_tiny_size(tmp_path):
+    options = QuickstartOptions(num_images=24, image_height=96, image_width=160, epochs=1, qat_epochs=1, batch_size=2,
+                                roi_mini_batch=16, eval_rois=16, max_steps_per_epoch=2)
+    rows, artifacts = run_quickstart(str(tmp_path), options=options)
+    stages = [row["stage"] for row in rows]
+    assert stages == ["generate sample data", "dataset_convert", "train", "evaluate (Keras FP32)", "prune",
+                      "retrain pruned model with QAT", "evaluate (Keras QAT)", "export ONNX FP32",
+                      "evaluate (onnxruntime FP32)", "inference"]
+    for key in ("model", "pruned model", "QAT model", "ONNX FP32"):
+        assert os.path.isfile(artifacts[key]), key
+    onnx.checker.check_model(onnx.load(artifacts["ONNX FP32"]))
+    keras_map = next(r["map"] for r in rows if r["stage"] == "evaluate (Keras FP32)")
+    onnx_map = next(r["map"] for r in rows if r["stage"] == "evaluate (onnxruntime FP32)")
+    assert abs(keras_map - onnx_map) < 1e-3
+    report = json.load(open(artifacts["model"].replace(".hdf5", "_evaluation.json")))
+    assert set(report["ap"]) == set(sample_data.CLASSES)
+    assert len(os.listdir(os.path.join(artifacts["inference"], "labels"))) == 8
+    lines = format_summary(rows, artifacts)
+    assert lines[0].split()[:2] == ["stage", "seconds"] and any("ONNX FP32:" in line for line in lines)
+    assert np.isfinite([row["seconds"] for row in rows]).all()
+
+
+def sample_data_image(tmp_path, seed):
+    sample_data.generate(str(tmp_path / f"seed{seed}"), num_images=1, seed=seed)
+    return (tmp_path / f"seed{seed}" / "images" / "000000.jpg").read_bytes()
