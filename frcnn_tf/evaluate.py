@@ -90,7 +90,7 @@ def pr_curve_png(result, size=(640, 480)):
     return out.getvalue()
 
 
-def run_evaluate(spec_path, model_path=None, results_dir=None):
+def run_evaluate(spec_path, model_path=None, results_dir=None, key=None):
     """Evaluates the model of the spec (or `model_path`); prints the table; returns the result."""
     from frcnn_tf.predict import load_detector
     from frcnn_tf.spec import parse_experiment_spec
@@ -102,7 +102,7 @@ def run_evaluate(spec_path, model_path=None, results_dir=None):
     model_path = model_path or config.model
     if not model_path:
         raise source.error("evaluation_config.model", "evaluation_config.model is empty; set it or pass -m")
-    detector = load_detector(model_path, spec, config)
+    detector = load_detector(model_path, spec, config, key)
     result = evaluate_detector(spec, detector)
     for line in format_table(result):
         print(line)

@@ -97,7 +97,8 @@ def _check_outputs(paths, image_out, labels_out, overwrite):
                          "choose other output folders or pass --overwrite")
 
 
-def run_inference(spec_path, model_path=None, images_dir=None, image_out=None, labels_out=None, overwrite=False):
+def run_inference(spec_path, model_path=None, images_dir=None, image_out=None, labels_out=None, overwrite=False,
+                  key=None):
     """Inference per the spec's inference_config, with command-line overrides; returns detections."""
     from frcnn_tf.predict import load_detector
     from frcnn_tf.spec import parse_experiment_spec
@@ -116,7 +117,7 @@ def run_inference(spec_path, model_path=None, images_dir=None, image_out=None, l
         raise FrcnnError(f"{image_out}: the annotated-image folder is the input folder; choose another -o")
     paths = list_images(images_dir)
     _check_outputs(paths, image_out, labels_out, overwrite)
-    detector = load_detector(model_path, spec, config)
+    detector = load_detector(model_path, spec, config, key)
     results = infer_folder(spec, detector, paths, image_out, labels_out, config)
     print(f"{len(results)} images; annotated images: {image_out or '-'}; labels: {labels_out or '-'}")
     return results

@@ -37,8 +37,8 @@ class KerasDetector:
         self._run = tf.function(lambda images: self.model(images, training=False))
 
     @classmethod
-    def from_file(cls, path, spec, section):
-        model, metadata = checkpoints.load_model(path)
+    def from_file(cls, path, spec, section, key=None):
+        model, metadata = checkpoints.load_model(path, key=checkpoints.model_key(spec, key))
         names = metadata.get("class_names") or class_names(spec.dataset_config)
         if spec.HasField("dataset_config") and names != class_names(spec.dataset_config):
             raise FrcnnError(f"{path}: the model's classes {names} differ from the spec's "
@@ -78,8 +78,8 @@ class OnnxDetector:
         return split_detections(boxes, scores, classes, valid)
 
 
-def load_detector(path, spec, section):
-    """A Keras (.hdf5/.h5) or ONNX (.onnx) detector by file extension."""
+def load_detector(path, spec, section, key=None):
+    """A Keras (.hdf5/.h5/.tlt) or ONNX (.onnx) detector by file extension."""
     if path.endswith(".onnx"):
         return OnnxDetector(path)
-    return KerasDetector.from_file(path, spec, section)
+    return KerasDetector.from_file(path, spec, section, key)

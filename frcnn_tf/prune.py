@@ -192,21 +192,23 @@ def format_table(table, params_before, params_after):
     return lines
 
 
-def run_prune(model_path, output_path, options, overwrite=False):
-    """Prunes a model file into `output_path` (HDF5, metadata includes the table); returns the table."""
+def run_prune(model_path, output_path, options, overwrite=False, key=None):
+    """Prunes a model file into `output_path` (HDF5, metadata includes the table); returns the table.
+
+    key: for .tlt input/output files."""
     import os
 
     from frcnn_tf.train import checkpoints
 
     if os.path.exists(output_path) and not overwrite:
         raise FrcnnError(f"{output_path}: exists; choose another -o or pass --overwrite")
-    model, metadata = checkpoints.load_model(model_path)
+    model, metadata = checkpoints.load_model(model_path, key=key)
     pruned, table = prune_model(model, options, checkpoints.CUSTOM_OBJECTS)
     before, after = model.count_params(), pruned.count_params()
     for line in format_table(table, before, after):
         print(line)
     metadata = {**metadata, "pruning": {"source": model_path, "options": dataclasses.asdict(options),
                                         "params_before": before, "params_after": after, "layers": table}}
-    checkpoints.save_model(pruned, output_path, metadata, include_optimizer=False)
+    checkpoints.save_model(pruned, output_path, metadata, include_optimizer=False, key=key)
     logging.info("wrote %s", output_path)
     return table

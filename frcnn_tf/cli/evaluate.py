@@ -8,6 +8,7 @@ flags.DEFINE_string("model", None, "Model file (default: evaluation_config.model
 flags.DEFINE_string("results_dir", None, "Where the report and PR plot go (default: beside the model).",
                     short_name="r")
 flags.mark_flag_as_required("experiment_spec")
+flags.DEFINE_string("key", None, "Key of .tlt model files (default: the spec's enc_key).", short_name="k")
 FLAGS = flags.FLAGS
 
 
@@ -15,7 +16,7 @@ def main(argv):
     del argv
     from frcnn_tf.evaluate import run_evaluate
 
-    run_evaluate(FLAGS.experiment_spec, FLAGS.model, FLAGS.results_dir)
+    run_evaluate(FLAGS.experiment_spec, FLAGS.model, FLAGS.results_dir, FLAGS.key)
     return 0
 
 

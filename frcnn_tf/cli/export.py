@@ -9,6 +9,7 @@ flags.DEFINE_string("experiment_spec", None, "Spec (inference_config sets propos
 flags.DEFINE_enum("data_type", "fp32", ["fp32", "fp16", "int8"], "Precision of the exported graph.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 flags.mark_flags_as_required(["model", "output_file", "experiment_spec"])
+flags.DEFINE_string("key", None, "Key of .tlt model files (default: the spec's enc_key).", short_name="k")
 FLAGS = flags.FLAGS
 
 
@@ -16,7 +17,7 @@ def main(argv):
     del argv
     from frcnn_tf.export.onnx_export import run_export
 
-    run_export(FLAGS.experiment_spec, FLAGS.model, FLAGS.output_file, FLAGS.data_type, FLAGS.overwrite)
+    run_export(FLAGS.experiment_spec, FLAGS.model, FLAGS.output_file, FLAGS.data_type, FLAGS.overwrite, FLAGS.key)
     return 0
 
 

@@ -10,6 +10,7 @@ flags.DEFINE_string("output_dir", None, "Annotated images (default: detection_im
 flags.DEFINE_string("labels_dir", None, "KITTI label dumps (default: labels_dump_dir).", short_name="l")
 flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 flags.mark_flag_as_required("experiment_spec")
+flags.DEFINE_string("key", None, "Key of .tlt model files (default: the spec's enc_key).", short_name="k")
 FLAGS = flags.FLAGS
 
 
@@ -18,7 +19,7 @@ def main(argv):
     from frcnn_tf.inference import run_inference
 
     run_inference(FLAGS.experiment_spec, FLAGS.model, FLAGS.images_dir, FLAGS.output_dir, FLAGS.labels_dir,
-                  FLAGS.overwrite)
+                  FLAGS.overwrite, FLAGS.key)
     return 0
 
 

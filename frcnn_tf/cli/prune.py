@@ -15,6 +15,7 @@ flags.DEFINE_enum("normalizer", "max", ["max", "L2", "off"], "Per-layer score no
 flags.DEFINE_list("excluded_layers", [], "Layers that keep all their filters.", short_name="el")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 flags.mark_flags_as_required(["model", "output_file"])
+flags.DEFINE_string("key", None, "Key of .tlt model files (default: the spec's enc_key).", short_name="k")
 FLAGS = flags.FLAGS
 
 
@@ -24,7 +25,7 @@ def main(argv):
 
     options = PruneOptions(FLAGS.pruning_threshold, FLAGS.equalization_criterion, FLAGS.pruning_granularity,
                            FLAGS.min_num_filters, FLAGS.normalizer, tuple(FLAGS.excluded_layers))
-    run_prune(FLAGS.model, FLAGS.output_file, options, FLAGS.overwrite)
+    run_prune(FLAGS.model, FLAGS.output_file, options, FLAGS.overwrite, FLAGS.key)
     return 0
 
 

@@ -63,9 +63,9 @@ def preprocessing_metadata(spec):
             "resize": "stretch" if spec.augmentation_config.preprocessing.enable_auto_resize else "letterbox"}
 
 
-def export_fp32(model_path, spec, section):
+def export_fp32(model_path, spec, section, key=None):
     """(onnx.ModelProto, metadata) of the detection graph of a trained model file."""
-    model, metadata = checkpoints.load_model(model_path)
+    model, metadata = checkpoints.load_model(model_path, key=checkpoints.model_key(spec, key))
     if None in model.input_shape[1:3]:
         raise FrcnnError(f"{model_path}: export needs a fixed input size (size_height_width in the spec)")
     names = metadata.get("class_names") or class_names(spec.dataset_config)
@@ -83,7 +83,7 @@ def export_fp32(model_path, spec, section):
     return proto, info
 
 
-def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=False):
+def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=False, key=None):
     """Exports a model file to ONNX at output_path; returns the metadata written with it."""
     from frcnn_tf.spec import parse_experiment_spec
     from frcnn_tf.spec.validate import require_section
@@ -95,7 +95,7 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
         spec, source, "evaluation_config")
     if data_type != "fp32":
         raise FrcnnError(f"--data_type {data_type}: only fp32 export is built so far")
-    proto, info = export_fp32(model_path, spec, section)
+    proto, info = export_fp32(model_path, spec, section, key)
     missing = unsupported_ops(proto)
     if missing:
         logging.warning("ops outside TensorRT's ONNX operator list: %s", ", ".join(missing))

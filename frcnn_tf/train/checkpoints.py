@@ -19,7 +19,9 @@ from frcnn_tf.train import schedules
 
 _EPOCH = re.compile(r"\.epoch_?([0-9]+)\.[^./]+$")
 METADATA_KEY = "frcnn_tf"
-MODEL_EXTENSIONS = (".hdf5", ".h5")
+MODEL_EXTENSIONS = (".hdf5", ".h5", ".tlt")
+ENCRYPTED_EXTENSION = ".tlt"
+_MAGIC = b"FRCNNTF1"
 # Registered classes load by their package name; HDF5 optimizer configs name schedules bare.
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (layers.Proposal, layers.RoiCrop, layers.PerRoi, layers.DetectionOutput,
                                                 schedules.SoftStartAnnealing, schedules.ContinuousStep)}
@@ -40,13 +42,55 @@ def epoch_of(path):
 
 def check_model_path(path, purpose):
     if os.path.splitext(path)[1] not in MODEL_EXTENSIONS:
-        raise FrcnnError(f"{path}: {purpose} must be a Keras HDF5 file (.hdf5 or .h5); encrypted .tlt files "
-                         "are not supported")
+        raise FrcnnError(f"{path}: {purpose} must be .hdf5/.h5 (Keras HDF5) or .tlt (HDF5 encrypted with a key)")
 
 
-def save_model(model, path, metadata, include_optimizer=True):
-    """Saves model (+ optimizer) and metadata JSON to `path` via a temporary file and rename."""
+def _cipher_key(key, salt):
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt=salt, length=32, n=2 ** 14, r=8, p=1).derive(key.encode("utf-8"))
+
+
+def encrypt(data, key):
+    """AES-256-GCM with a scrypt-derived key: magic, 16-byte salt, 12-byte nonce, ciphertext + tag."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    salt, nonce = os.urandom(16), os.urandom(12)
+    return _MAGIC + salt + nonce + AESGCM(_cipher_key(key, salt)).encrypt(nonce, data, _MAGIC)
+
+
+def decrypt(data, key, path):
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if not data.startswith(_MAGIC):
+        raise FrcnnError(f"{path}: not an frcnn_tf encrypted model (TLT's own .tlt format cannot be read)")
+    salt, nonce, body = data[8:24], data[24:36], data[36:]
+    try:
+        return AESGCM(_cipher_key(key, salt)).decrypt(nonce, body, _MAGIC)
+    except InvalidTag:
+        raise FrcnnError(f"{path}: wrong key (enc_key in the spec or -k), or the file is damaged") from None
+
+
+def model_key(spec, override=None):
+    """The key for .tlt files: -k, else the spec's enc_key (an unexpanded `$VAR` counts as none)."""
+    if override:
+        return override
+    return spec.enc_key if spec.enc_key and not spec.enc_key.startswith("$") else None
+
+
+def _require_key(path, key):
+    if path.endswith(ENCRYPTED_EXTENSION) and not key:
+        raise FrcnnError(f"{path}: .tlt model files are encrypted; set enc_key in the spec or pass -k")
+
+
+def save_model(model, path, metadata, include_optimizer=True, key=None):
+    """Saves model (+ optimizer) and metadata JSON to `path` via a temporary file and rename.
+
+    A `.tlt` path is encrypted with `key`.
+    """
     check_model_path(path, "the model file")
+    _require_key(path, key)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temp_path = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
@@ -57,28 +101,44 @@ def save_model(model, path, metadata, include_optimizer=True):
             model.save(temp_path, save_format="h5", include_optimizer=include_optimizer)
         with h5py.File(temp_path, "a") as h5:
             h5.attrs[METADATA_KEY] = json.dumps(metadata)
+        if path.endswith(ENCRYPTED_EXTENSION):
+            with open(temp_path, "rb") as plain:
+                data = encrypt(plain.read(), key)
+            with open(temp_path, "wb") as sealed:
+                sealed.write(data)
         os.replace(temp_path, path)
     finally:
         if os.path.exists(temp_path):
             os.remove(temp_path)
 
 
-def load_model(path, purpose="model"):
-    """(Keras model with its optimizer if saved, metadata dict)."""
+def load_model(path, purpose="model", key=None):
+    """(Keras model with its optimizer if saved, metadata dict); `.tlt` files are decrypted with `key`."""
     check_model_path(path, purpose)
     if not os.path.isfile(path):
         raise FrcnnError(f"{path}: {purpose} not found")
+    _require_key(path, key)
+    plain_path = path
     try:
-        with h5py.File(path, "r") as h5:
+        if path.endswith(ENCRYPTED_EXTENSION):
+            with open(path, "rb") as sealed:
+                data = decrypt(sealed.read(), key, path)
+            handle, plain_path = tempfile.mkstemp(suffix=".hdf5")
+            with os.fdopen(handle, "wb") as plain:
+                plain.write(data)
+        with h5py.File(plain_path, "r") as h5:
             metadata = json.loads(h5.attrs.get(METADATA_KEY, "{}"))
         with quantize.quantize_scope(CUSTOM_OBJECTS):  # QAT models need tfmot's classes
-            model = tf.keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=True)
+            model = tf.keras.models.load_model(plain_path, custom_objects=CUSTOM_OBJECTS, compile=True)
     except (OSError, ValueError, KeyError) as err:
         raise FrcnnError(f"{path}: cannot load the {purpose} ({err})") from None
+    finally:
+        if plain_path != path and os.path.exists(plain_path):
+            os.remove(plain_path)
     return model, metadata
 
 
-def load_matching_weights(model, path):
+def load_matching_weights(model, path, key=None):
     """Copies weights from an HDF5 model/weights file into layers with the same name and shapes.
 
     Returns {layer name: 'loaded' | 'shape mismatch' | 'not in file'} for layers with weights.
@@ -86,6 +146,15 @@ def load_matching_weights(model, path):
     check_model_path(path, "pretrained_weights")
     if not os.path.isfile(path):
         raise FrcnnError(f"{path}: pretrained_weights not found")
+    if path.endswith(ENCRYPTED_EXTENSION):
+        source, _ = load_model(path, "pretrained_weights", key)
+        handle, plain = tempfile.mkstemp(suffix=".hdf5")
+        os.close(handle)
+        try:
+            save_model(source, plain, {}, include_optimizer=False)
+            return load_matching_weights(model, plain)
+        finally:
+            os.remove(plain)
     status = {}
     with h5py.File(path, "r") as h5:
         group = h5["model_weights"] if "model_weights" in h5 else h5

@@ -129,22 +129,22 @@ def _with_qat(model, spec, source):
     return model
 
 
-def _initial_model(spec, results_dir):
+def _initial_model(spec, key):
     """(FasterRCNN, optimizer or None, first epoch index, metadata of the start model)."""
     training = spec.training_config
     if training.resume_from_model:
-        model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model")
+        model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model", key)
         epoch = checkpoints.epoch_of(training.resume_from_model)
         logging.info("resuming from %s at epoch %d", training.resume_from_model, epoch + 1)
         return FasterRCNN(_with_qat(model, spec, training.resume_from_model)), model.optimizer, epoch, metadata
     if training.retrain_pruned_model:
-        model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model")
+        model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model", key)
         logging.info("retraining the pruned model %s", training.retrain_pruned_model)
         return FasterRCNN(_with_qat(model, spec, training.retrain_pruned_model)), None, 0, metadata
     model = build_model(spec)
     if training.pretrained_weights:
         _log_weight_loading(training.pretrained_weights,
-                            checkpoints.load_matching_weights(model, training.pretrained_weights))
+                            checkpoints.load_matching_weights(model, training.pretrained_weights, key))
     return FasterRCNN(_with_qat(model, spec, "the new model")), None, 0, {}
 
 
@@ -196,23 +196,24 @@ def build_training_optimizer(training, total_steps):
     return optimizer
 
 
-def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_amp=False):
+def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_amp=False, key=None):
     """Trains per the validated experiment spec; returns {'checkpoints': [...], 'history': [...]}.
 
     max_steps_per_epoch caps the steps of each epoch (for smoke tests and benchmarks).
     use_amp computes in 16-bit floats (variables stay float32; see amp_policy).
+    key: for .tlt model files (default: the spec's enc_key).
     """
     if use_amp and spec.training_config.enable_qat:
         raise FrcnnError("--use_amp and enable_qat do not combine: QAT simulates int8 on float32")
     previous_policy = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(amp_policy() if use_amp else "float32")
     try:
-        return _train(spec, results_dir, strategy, max_steps_per_epoch)
+        return _train(spec, results_dir, strategy, max_steps_per_epoch, checkpoints.model_key(spec, key))
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(spec, results_dir, strategy, max_steps_per_epoch):
+def _train(spec, results_dir, strategy, max_steps_per_epoch, key):
     training = spec.training_config
     strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(spec.random_seed)
@@ -230,7 +231,7 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch):
     total_steps = steps * training.num_epochs
 
     with strategy.scope():
-        frcnn, saved_optimizer, first_epoch, metadata = _initial_model(spec, results_dir)
+        frcnn, saved_optimizer, first_epoch, metadata = _initial_model(spec, key)
         frcnn.configure_proposals(ProposalSettings.of(training))
         optimizer = build_training_optimizer(training, total_steps)
         if saved_optimizer is not None:
@@ -273,14 +274,14 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch):
             history[-1]["validation_map"] = _validate(spec, frcnn, metadata, writer, epoch + 1)
         if (epoch + 1) % training.checkpoint_interval == 0 or epoch + 1 == training.num_epochs:
             path = checkpoints.checkpoint_path(output_model, epoch + 1)
-            checkpoints.save_model(frcnn.model, path, {**metadata, "epoch": epoch + 1})
+            checkpoints.save_model(frcnn.model, path, {**metadata, "epoch": epoch + 1}, key=key)
             saved.append(path)
             logging.info("saved %s", path)
     writer.flush()
     return {"checkpoints": saved, "history": history}
 
 
-def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use_amp=False):
+def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use_amp=False, key=None):
     """Loads and validates the spec, then trains; returns train()'s result."""
     from frcnn_tf.spec import parse_experiment_spec
     from frcnn_tf.spec.validate import require_section
@@ -294,4 +295,4 @@ def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use
         if len(visible) < gpus:
             raise FrcnnError(f"--gpus {gpus} asked for, but {len(visible)} GPUs are visible")
         strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
-    return train(spec, results_dir, strategy, max_steps_per_epoch, use_amp)
+    return train(spec, results_dir, strategy, max_steps_per_epoch, use_amp, key)

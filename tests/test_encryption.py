@@ -1,0 +1,40 @@
+"""Encrypted .tlt model files: round trip, wrong key, missing key, key resolution."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.proto import experiment_pb2
+from frcnn_tf.train import checkpoints
+
+
+def _model():
+    image = tf.keras.Input([4])
+    return tf.keras.Model(image, tf.keras.layers.Dense(2, name="dense")(image))
+
+
+def test_tlt_round_trip_and_wrong_key(tmp_path):
+    model = _model()
+    path = str(tmp_path / "m.tlt")
+    checkpoints.save_model(model, path, {"class_names": ["a"]}, include_optimizer=False, key="s3cret")
+    data = open(path, "rb").read()
+    assert data.startswith(b"FRCNNTF1") and b"HDF" not in data[:64]
+    loaded, metadata = checkpoints.load_model(path, key="s3cret")
+    assert metadata == {"class_names": ["a"]}
+    np.testing.assert_array_equal(loaded.get_layer("dense").kernel.numpy(), model.get_layer("dense").kernel.numpy())
+    with pytest.raises(FrcnnError, match=r"m.tlt: wrong key \(enc_key in the spec or -k\)"):
+        checkpoints.load_model(path, key="wrong")
+    with pytest.raises(FrcnnError, match="encrypted; set enc_key in the spec or pass -k"):
+        checkpoints.load_model(path)
+    with pytest.raises(FrcnnError, match="encrypted; set enc_key in the spec or pass -k"):
+        checkpoints.save_model(model, str(tmp_path / "n.tlt"), {}, key=None)
+    target = _model()
+    assert checkpoints.load_matching_weights(target, path, key="s3cret") == {"dense": "loaded"}
+    assert not [p for p in tmp_path.iterdir() if p.suffix not in (".tlt",)]
+
+
+def test_key_resolution():
+    spec = experiment_pb2.Experiment(enc_key="tlt")
+    assert checkpoints.model_key(spec) == "tlt" and checkpoints.model_key(spec, "cli") == "cli"
+    assert checkpoints.model_key(experiment_pb2.Experiment(enc_key="$KEY")) is None  # unset variable
+    assert checkpoints.model_key(experiment_pb2.Experiment()) is None
