@@ -3,6 +3,13 @@ import os
 import tempfile
 
 
+def apply_umask(path):
+    """Gives a mkstemp file (mode 0600) the permissions a normally created file would have."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write_bytes(path, data):
     """Writes `data` to `path` so that readers see the old file or the whole new one."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -11,6 +18,7 @@ def atomic_write_bytes(path, data):
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+        apply_umask(temp_path)
         os.replace(temp_path, path)
     except BaseException:
         if os.path.exists(temp_path):

@@ -1,4 +1,6 @@
 """Encrypted .tlt model files: round trip, wrong key, missing key, key resolution."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -31,6 +33,9 @@ def test_tlt_round_trip_and_wrong_key(tmp_path):
     target = _model()
     assert checkpoints.load_matching_weights(target, path, key="s3cret") == {"dense": "loaded"}
     assert not [p for p in tmp_path.iterdir() if p.suffix not in (".tlt",)]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m.tlt").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 def test_key_resolution():

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from frcnn_tf import quantize
 from frcnn_tf.errors import FrcnnError
+from frcnn_tf.io_utils import apply_umask
 
 from frcnn_tf.model import layers
 from frcnn_tf.train import schedules
@@ -106,6 +107,7 @@ def save_model(model, path, metadata, include_optimizer=True, key=None):
                 data = encrypt(plain.read(), key)
             with open(temp_path, "wb") as sealed:
                 sealed.write(data)
+        apply_umask(temp_path)
         os.replace(temp_path, path)
     finally:
         if os.path.exists(temp_path):
