@@ -1,6 +1,5 @@
 """ONNX export: matches the Keras model on real images, runs in onnxruntime, uses TensorRT-parsable ops."""
 import json
-import os
 import subprocess
 import sys
 
