@@ -136,8 +136,8 @@ class InputPipeline:
         pre = self.augmentation.preprocessing
         keep = ((classes >= 0) & (boxes[:, 3] - boxes[:, 1] >= max(pre.min_bbox_width, 1e-3))
                 & (boxes[:, 2] - boxes[:, 0] >= max(pre.min_bbox_height, 1e-3)))
-        boxes, classes = tf.boolean_mask(boxes, keep)[: self.max_objects], tf.boolean_mask(classes, keep)[
-            : self.max_objects]
+        boxes = tf.boolean_mask(boxes, keep)[: self.max_objects]
+        classes = tf.boolean_mask(classes, keep)[: self.max_objects]
         occlusion = tf.cast(tf.boolean_mask(example[records.OCCLUSION], keep)[: self.max_objects], tf.int32)
         count = tf.shape(boxes)[0]
         pad = self.max_objects - count
