@@ -1,7 +1,7 @@
 """Detectors: a trained model behind one call, images -> per-image detections (NumPy).
 
-Backends: a Keras HDF5 model (here); exported ONNX models and TensorRT engines
-plug in with the same interface.
+Backends: a Keras model file, an exported ONNX model (onnxruntime, CPU) and a
+TensorRT engine (needs TensorRT and a GPU; imported lazily).
 """
 import numpy as np
 import tensorflow as tf
@@ -78,8 +78,65 @@ class OnnxDetector:
         return split_detections(boxes, scores, classes, valid)
 
 
+class TensorRTDetector:
+    """A serialized TensorRT engine (built by build_engine) run with TensorRT's Python API and
+    cuda-python, with KerasDetector's interface."""
+
+    def __init__(self, path, names):
+        from frcnn_tf.export.tensorrt_engine import import_tensorrt
+
+        trt = import_tensorrt(f"to run {path}; evaluate the ONNX model with onnxruntime here instead")
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            raise FrcnnError("TensorRT engines need cuda-python: pip install cuda-python") from None
+        self.trt, self.cudart = trt, cudart
+        with open(path, "rb") as handle:
+            self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(handle.read())
+        if self.engine is None:
+            raise FrcnnError(f"{path}: TensorRT cannot deserialize this engine (built by another TensorRT version "
+                             f"or for another GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.class_names = [n for n in names if n != "background"]
+        self.stream = self._check(cudart.cudaStreamCreate())
+
+    def _check(self, result):
+        error = result[0] if isinstance(result, tuple) else result
+        if int(error) != 0:
+            raise FrcnnError(f"CUDA error {error}")
+        return result[1] if isinstance(result, tuple) and len(result) > 1 else None
+
+    def __call__(self, images):
+        images = np.ascontiguousarray(images, np.float32)
+        self.context.set_input_shape(self.names[0], images.shape)
+        host, device = {}, []
+        try:
+            for name in self.names:
+                dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
+                host[name] = images if name == self.names[0] else np.empty(
+                    tuple(self.context.get_tensor_shape(name)), dtype)
+                pointer = self._check(self.cudart.cudaMalloc(max(host[name].nbytes, 1)))
+                device.append(pointer)
+                self.context.set_tensor_address(name, int(pointer))
+            to_device, to_host = (self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                  self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+            self._check(self.cudart.cudaMemcpy(device[0], images.ctypes.data, images.nbytes, to_device))
+            if not self.context.execute_async_v3(int(self.stream)):
+                raise FrcnnError("TensorRT failed to run the engine")
+            self._check(self.cudart.cudaStreamSynchronize(self.stream))
+            for name, pointer in zip(self.names[1:], device[1:]):
+                self._check(self.cudart.cudaMemcpy(host[name].ctypes.data, pointer, host[name].nbytes, to_host))
+        finally:
+            for pointer in device:
+                self.cudart.cudaFree(pointer)
+        return split_detections(*(host[name] for name in ("boxes", "scores", "classes", "num_detections")))
+
+
 def load_detector(path, spec, section, key=None):
-    """A Keras (.hdf5/.h5/.tlt) or ONNX (.onnx) detector by file extension."""
+    """A Keras (.hdf5/.h5/.tlt), ONNX (.onnx) or TensorRT (.engine/.trt/.plan) detector by extension."""
     if path.endswith(".onnx"):
         return OnnxDetector(path)
+    if path.endswith((".engine", ".trt", ".plan")):
+        return TensorRTDetector(path, class_names(spec.dataset_config))
     return KerasDetector.from_file(path, spec, section, key)

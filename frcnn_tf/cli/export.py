@@ -1,23 +1,40 @@
-"""export: a trained model to ONNX for TensorRT / onnxruntime (TLT's flags)."""
+"""export: a trained model to ONNX (FP32, FP16, INT8 + calibration cache) for TensorRT / onnxruntime."""
 from absl import flags
 
 from frcnn_tf.cli import run_main
 
-flags.DEFINE_string("model", None, "Trained model (.hdf5).", short_name="m")
+flags.DEFINE_string("model", None, "Trained model (.hdf5 / .tlt).", short_name="m")
 flags.DEFINE_string("output_file", None, "ONNX file to write.", short_name="o")
 flags.DEFINE_string("experiment_spec", None, "Spec (inference_config sets proposals and NMS).", short_name="e")
 flags.DEFINE_enum("data_type", "fp32", ["fp32", "fp16", "int8"], "Precision of the exported graph.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
-flags.mark_flags_as_required(["model", "output_file", "experiment_spec"])
+flags.DEFINE_string("cal_cache_file", None, "INT8: calibration cache to write (default <output>.cal.bin).")
+flags.DEFINE_string("cal_image_dir", None, "INT8: calibration images (default: the spec's training folds).")
+flags.DEFINE_integer("batch_size", 8, "INT8: images per calibration batch.")
+flags.DEFINE_integer("batches", 10, "INT8: calibration batches.")
+flags.DEFINE_enum("calibrator", "entropy", ["entropy", "percentile", "max"], "INT8: how ranges are chosen.")
+flags.DEFINE_float("percentile", 99.99, "INT8: percentile of |activation| for --calibrator percentile.")
+flags.DEFINE_string("engine_file", None, "Also build a TensorRT engine here (needs TensorRT).")
+flags.DEFINE_integer("max_batch_size", 1, "Engine: largest batch of the optimization profile.")
+flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 flags.DEFINE_string("key", None, "Key of .tlt model files (default: the spec's enc_key).", short_name="k")
+flags.mark_flags_as_required(["model", "output_file", "experiment_spec"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    from frcnn_tf.export.onnx_export import run_export
+    from frcnn_tf.export.onnx_export import Int8Options, run_export
 
-    run_export(FLAGS.experiment_spec, FLAGS.model, FLAGS.output_file, FLAGS.data_type, FLAGS.overwrite, FLAGS.key)
+    int8 = Int8Options(FLAGS.cal_cache_file, FLAGS.cal_image_dir, FLAGS.batch_size, FLAGS.batches, FLAGS.calibrator,
+                       FLAGS.percentile)
+    run_export(FLAGS.experiment_spec, FLAGS.model, FLAGS.output_file, FLAGS.data_type, FLAGS.overwrite, FLAGS.key,
+               int8)
+    if FLAGS.engine_file:
+        from frcnn_tf.export.tensorrt_engine import EngineOptions, build_engine
+
+        build_engine(FLAGS.output_file, FLAGS.engine_file,
+                     EngineOptions(max_batch_size=FLAGS.max_batch_size, opt_batch_size=FLAGS.max_batch_size,
+                                   cal_cache_file=FLAGS.cal_cache_file), FLAGS.overwrite)
     return 0
 
 

@@ -1,0 +1,152 @@
+"""INT8 calibration: activation histograms, TensorRT's calibrators, the calibration cache file.
+
+Pure NumPy. A tensor's range is `amax` (symmetric: [-amax, amax]); its INT8 scale is
+amax / 127, the number TensorRT's calibration cache stores.
+"""
+import struct
+
+import numpy as np
+
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.io_utils import atomic_write_text
+
+CALIBRATORS = ("entropy", "percentile", "max")
+CACHE_ALGORITHMS = {"entropy": "EntropyCalibration2", "percentile": "MinMaxCalibration",
+                    "max": "MinMaxCalibration", "qat": "MinMaxCalibration"}
+CACHE_VERSION = "8601"  # TensorRT 8.6.1's header; TensorRT 10 reads it (it warns on older headers)
+INT8_MAX = 127
+
+
+class AbsHistogram:
+    """Histogram of |x| over [0, range) in `bins` bins; the range doubles (pairs of bins merge)
+    when a batch exceeds it, so one pass over the data suffices."""
+
+    def __init__(self, bins=2048):
+        self.counts = np.zeros(bins, np.int64)
+        self.range = 0.0
+        self.max = 0.0
+
+    def update(self, values):
+        values = np.abs(np.asarray(values, np.float32).ravel())
+        if not values.size:
+            return
+        top = float(values.max())
+        self.max = max(self.max, top)
+        if top <= 0.0:
+            self.counts[0] += values.size
+            return
+        if self.range == 0.0:
+            self.range = top
+        while top > self.range:
+            merged = self.counts.reshape(-1, 2).sum(axis=1)
+            self.counts[:] = 0
+            self.counts[:merged.size] = merged
+            self.range *= 2.0
+        self.counts += np.histogram(values, bins=self.counts.size, range=(0.0, self.range))[0]
+
+    @property
+    def edges(self):
+        return np.linspace(0.0, self.range, self.counts.size + 1)
+
+
+def max_amax(histogram):
+    return histogram.max
+
+
+def percentile_amax(histogram, percentile=99.99):
+    """The upper edge of the bin where the cumulative count reaches `percentile` % of |x|."""
+    cumulative = np.cumsum(histogram.counts)
+    if not cumulative[-1]:
+        return 0.0
+    index = int(np.searchsorted(cumulative, cumulative[-1] * percentile / 100.0))
+    return float(min(histogram.edges[index + 1], histogram.max))
+
+
+def entropy_amax(histogram, start_bin=128, quantized_bins=128):
+    """TensorRT's entropy calibration (EntropyCalibration2): the clipping threshold whose 128-level
+    quantization of the |x| histogram has the least KL divergence from the clipped histogram
+    (values above the threshold folded into the last bin). Ties go to the larger threshold."""
+    counts = histogram.counts.astype(np.float64)
+    if histogram.max == 0.0 or counts.sum() == 0:
+        return 0.0
+    counts[0] = counts[1]  # the zero bin is dominated by ReLU zeros; TensorRT ignores it this way
+    total_bins = counts.size
+    best, best_divergence = total_bins, np.inf
+    for stop in range(start_bin, total_bins + 1):
+        reference = counts[:stop].copy()
+        reference[-1] += counts[stop:].sum()
+        chunk = np.floor(np.arange(stop) * quantized_bins / stop).astype(np.int64)
+        occupied = counts[:stop] > 0
+        chunk_sum = np.bincount(chunk, weights=counts[:stop], minlength=quantized_bins)
+        chunk_occupied = np.bincount(chunk, weights=occupied, minlength=quantized_bins)
+        expanded = np.where(occupied, chunk_sum[chunk] / np.maximum(chunk_occupied[chunk], 1), 0.0)
+        divergence = _kl_divergence(reference, expanded)
+        if divergence <= best_divergence:
+            best, best_divergence = stop, divergence
+    return float(min(histogram.edges[best], histogram.max))
+
+
+def _kl_divergence(reference, candidate):
+    """KL(reference || candidate) of two unnormalised histograms (inf where the candidate is 0 but
+    the reference is not)."""
+    p = reference / reference.sum()
+    q = candidate / candidate.sum()
+    support = p > 0
+    if np.any(q[support] == 0):
+        return np.inf
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+
+
+def amax_of(histogram, method, percentile=99.99):
+    if method == "entropy":
+        return entropy_amax(histogram)
+    if method == "percentile":
+        return percentile_amax(histogram, percentile)
+    if method == "max":
+        return max_amax(histogram)
+    raise ValueError(f"unknown calibrator {method!r}; choose one of {', '.join(CALIBRATORS)}")
+
+
+# ---- TensorRT calibration cache -----------------------------------------------------------
+def scale_hex(scale):
+    """float32 scale -> TensorRT's cache form: the IEEE-754 bits as 8 hex digits (big-endian)."""
+    return struct.pack(">f", scale).hex()
+
+
+def format_cache(scales, algorithm):
+    """Cache text: `TRT-<version>-<algorithm>` then `tensor: hexscale` lines, names sorted."""
+    lines = [f"TRT-{CACHE_VERSION}-{algorithm}"]
+    lines += [f"{name}: {scale_hex(scale)}" for name, scale in sorted(scales.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_cache(path, amax_by_tensor, method):
+    """Writes the cache for tensor ranges (amax) found by `method` (a calibrator or 'qat')."""
+    scales = {name: max(amax, 1e-12) / INT8_MAX for name, amax in amax_by_tensor.items()}
+    atomic_write_text(path, format_cache(scales, CACHE_ALGORITHMS[method]))
+
+
+def parse_cache(text, path="<cache>"):
+    """(algorithm, {tensor: scale}) from cache text; a malformed line is a FrcnnError naming it."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("TRT-") or lines[0].count("-") < 2:
+        raise FrcnnError(f"{path}:1: not a TensorRT calibration cache (the first line should be "
+                         f"TRT-<version>-<algorithm>)")
+    algorithm = lines[0].split("-", 2)[2]
+    scales = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        name, sep, value = line.rpartition(": ")
+        try:
+            if not sep or not name:
+                raise ValueError
+            scales[name] = struct.unpack(">f", bytes.fromhex(value.strip()))[0]
+        except (ValueError, struct.error):
+            raise FrcnnError(f"{path}:{number}: expected `tensor_name: 8 hex digits`, got {line!r}") from None
+    return algorithm, scales
+
+
+def read_cache(path):
+    with open(path, encoding="utf-8") as handle:
+        return parse_cache(handle.read(), path)

@@ -1,0 +1,235 @@
+"""Rewrites of an exported ONNX graph for TensorRT: FP16 network body, INT8 Q/DQ nodes.
+
+The *body* is the convolutional network (backbone, RPN and second-stage convs and
+dense layers with their ReLU, pooling and shortcut Adds); proposal decoding, RoI
+cropping, NMS and box arithmetic stay in FP32. Explicit quantization follows
+TensorRT's Q/DQ rules: symmetric INT8 (zero point 0), per-tensor activations,
+per-output-channel weights.
+"""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from frcnn_tf.export.calibration import INT8_MAX
+
+BODY_OPS = {"Conv", "Relu", "MaxPool", "GlobalAveragePool", "AveragePool", "BatchNormalization", "MatMul", "Gemm"}
+JOIN_OPS = {"Add", "Squeeze"}  # in the body when every data input comes from the body
+DATA_INPUTS = {"Squeeze": 1}  # ops whose trailing inputs are not float data (Squeeze's axes)
+WEIGHT_AXIS = {"Conv": 0, "MatMul": 1}  # output-channel axis of the weight (input 1)
+
+
+def _producers(graph):
+    return {output: node for node in graph.node for output in node.output}
+
+
+def _consumers(graph):
+    """{tensor: [nodes reading it]}; a subgraph's reads of outer tensors count as its node's."""
+    found = {}
+    for node in graph.node:
+        for name in set(node.input) | _subgraph_reads(node):
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def _subgraph_reads(node):
+    names = set()
+    for attribute in node.attribute:
+        for inner in attribute.g.node:
+            names |= set(inner.input) | _subgraph_reads(inner)
+    return names
+
+
+def _data_inputs(node):
+    return list(node.input[:DATA_INPUTS.get(node.op_type, len(node.input))])
+
+
+def body_nodes(graph):
+    """Names of the nodes of the convolutional body (graph order is topological)."""
+    producers, initializers, body = _producers(graph), {i.name for i in graph.initializer}, set()
+    for node in graph.node:
+        if node.op_type in BODY_OPS:
+            body.add(node.name)
+        elif node.op_type in JOIN_OPS:
+            sources = [producers.get(n) for n in _data_inputs(node) if n not in initializers]
+            if sources and all(s is not None and s.name in body for s in sources):
+                body.add(node.name)
+    return body
+
+
+def body_tensors(graph):
+    """Float activation tensors entering or leaving body nodes (what INT8 calibration measures)."""
+    body, initializers, names = body_nodes(graph), {i.name for i in graph.initializer}, []
+    for node in graph.node:
+        if node.name in body:
+            names += [n for n in _data_inputs(node) + list(node.output) if n and n not in initializers]
+    return list(dict.fromkeys(names))
+
+
+def _finish(model, nodes):
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    del model.graph.value_info[:]  # types changed; shape inference rebuilds what it can
+    onnx.checker.check_model(model)
+    return model
+
+
+def to_float16(model):
+    """Copy of `model` whose body computes in FP16 (weights stored as FP16), with Casts at its
+    borders; graph inputs and outputs stay FP32."""
+    model = _copy(model)
+    graph = model.graph
+    body = body_nodes(graph)
+    initializers = {i.name: i for i in graph.initializer}
+    consumers, graph_outputs = _consumers(graph), {o.name for o in graph.output}
+    producers = _producers(graph)
+    half_names, nodes = {}, []
+
+    def half_input(name):
+        if name not in half_names:
+            half_names[name] = f"{name}__fp16"
+            if name in initializers:
+                value = numpy_helper.to_array(initializers[name])
+                graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), half_names[name]))
+            else:
+                nodes.append(helper.make_node("Cast", [name], [half_names[name]], name=f"{name}__to_fp16",
+                                              to=TensorProto.FLOAT16))
+        return half_names[name]
+
+    for node in graph.node:
+        if node.name not in body:
+            nodes.append(node)
+            continue
+        data = len(_data_inputs(node))
+        for index, name in enumerate(node.input[:data]):
+            source = producers.get(name)
+            if name and not (source is not None and source.name in body):
+                node.input[index] = half_input(name)
+            elif name:
+                node.input[index] = f"{name}__fp16"
+        outputs = list(node.output)
+        node.output[:] = [f"{name}__fp16" for name in outputs]
+        nodes.append(node)
+        for name in outputs:
+            if name in graph_outputs or any(c.name not in body for c in consumers.get(name, [])):
+                nodes.append(helper.make_node("Cast", [f"{name}__fp16"], [name], name=f"{name}__to_fp32",
+                                              to=TensorProto.FLOAT))
+    return _finish(model, nodes)
+
+
+def _copy(model):
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+class _QdqBuilder:
+    """Makes Q/DQ pairs (symmetric INT8) and their scale / zero-point initializers."""
+
+    def __init__(self, graph):
+        self.graph, self.nodes, self.made = graph, [], {}
+
+    def _constant(self, name, value):
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def pair(self, tensor, amax, axis=None):
+        """Name of DQ(Q(tensor)) for scalar amax, or per-channel amax along `axis`."""
+        if tensor not in self.made:
+            scale = np.maximum(np.asarray(amax, np.float32), 1e-12) / INT8_MAX
+            inputs = [tensor, self._constant(f"{tensor}__scale", scale.astype(np.float32)),
+                      self._constant(f"{tensor}__zero_point", np.zeros(scale.shape, np.int8))]
+            attributes = {} if axis is None else {"axis": axis}
+            self.nodes.append(helper.make_node("QuantizeLinear", inputs, [f"{tensor}__q"], name=f"{tensor}__quantize",
+                                               **attributes))
+            self.nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}__q", *inputs[1:]], [f"{tensor}__dq"],
+                                               name=f"{tensor}__dequantize", **attributes))
+            self.made[tensor] = f"{tensor}__dq"
+        return self.made[tensor]
+
+
+def _quantize_weights(graph, node, builder, initializers):
+    """Points a Conv/MatMul's weight input at a per-output-channel Q/DQ of it."""
+    weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
+    if node.op_type not in WEIGHT_AXIS or weight is None:
+        return
+    axis = WEIGHT_AXIS[node.op_type]
+    values = numpy_helper.to_array(weight)
+    other_axes = tuple(i for i in range(values.ndim) if i != axis)
+    node.input[1] = builder.pair(node.input[1], np.abs(values).max(axis=other_axes), axis=axis)
+
+
+def quantize_for_tensorrt(model, amax_by_tensor):
+    """Copy of a float `model` with Q/DQ on each Conv/MatMul's activation input (ranges from
+    `amax_by_tensor`; inputs without a range stay float) and on its weights."""
+    model = _copy(model)
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    builder, nodes = _QdqBuilder(graph), []
+    for node in graph.node:
+        if node.op_type in WEIGHT_AXIS:
+            if node.input[0] in amax_by_tensor:
+                node.input[0] = builder.pair(node.input[0], amax_by_tensor[node.input[0]])
+            _quantize_weights(graph, node, builder, initializers)
+            nodes += builder.nodes
+            builder.nodes = []
+        nodes.append(node)
+    return _finish(model, nodes)
+
+
+def symmetric_qat_ranges(model):
+    """Copy of a QAT export (tf2onnx writes tfmot's fake-quant as asymmetric UINT8 Q/DQ) with
+    each pair made symmetric INT8 over the same range, plus per-channel weight Q/DQ on every
+    Conv/MatMul; and the {tensor: amax} of the quantized activations."""
+    model = _copy(model)
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    amax_by_tensor, amax_by_scale = {}, {}
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        scale_name, zero_name = node.input[1], node.input[2]
+        if scale_name not in amax_by_scale:  # Q and its DQ share the scale and zero point
+            scale = numpy_helper.to_array(initializers[scale_name]).astype(np.float64)
+            zero = numpy_helper.to_array(initializers[zero_name]).astype(np.float64)
+            qmin, qmax = (0, 255) if initializers[zero_name].data_type == TensorProto.UINT8 else (-128, 127)
+            amax_by_scale[scale_name] = amax = float(np.max(np.maximum(np.abs((qmin - zero) * scale),
+                                                                       np.abs((qmax - zero) * scale))))
+            initializers[scale_name].CopyFrom(numpy_helper.from_array(np.asarray(amax / INT8_MAX, np.float32),
+                                                                      scale_name))
+            initializers[zero_name].CopyFrom(numpy_helper.from_array(np.asarray(0, np.int8), zero_name))
+        amax_by_tensor[node.input[0]] = amax_by_scale[scale_name]
+    builder, nodes = _QdqBuilder(graph), []
+    for node in graph.node:
+        _quantize_weights(graph, node, builder, initializers)
+        nodes += builder.nodes
+        builder.nodes = []
+        nodes.append(node)
+    return _finish(model, nodes), amax_by_tensor
+
+
+def with_outputs(model, names):
+    """Copy of `model` that also outputs the float tensors `names` (for calibration)."""
+    model = _copy(model)
+    existing = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                              for n in names if n not in existing)
+    return model
+
+
+def op_types(model):
+    """Op types used in the graph, subgraphs included."""
+    found = set()
+
+    def visit(graph):
+        for node in graph.node:
+            found.add(node.op_type)
+            for attribute in node.attribute:
+                if attribute.g.node:
+                    visit(attribute.g)
+
+    visit(model.graph)
+    return found

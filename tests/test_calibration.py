@@ -1,0 +1,117 @@
+"""INT8 calibration math and TensorRT's calibration cache format (pure NumPy, hand-known answers)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.export import calibration
+from frcnn_tf.export.calibration import AbsHistogram, entropy_amax, percentile_amax
+
+
+def _histogram(values):
+    histogram = AbsHistogram()
+    histogram.update(values)
+    return histogram
+
+
+def reference_entropy_amax(counts, edges, start_bin=128, levels=128):
+    """A direct, loop-by-loop transcription of TensorRT's EntropyCalibration2 threshold search
+    (as NVIDIA's pytorch-quantization documents it), independent of the vectorised one."""
+    bins = counts.astype(np.float64).copy()
+    bins[0] = bins[1]
+    best, best_kl = None, np.inf
+    for i in range(start_bin, len(bins) + 1):
+        reference = list(bins[:i])
+        reference[-1] += bins[i:].sum()
+        space = np.linspace(0, i, levels + 1)
+        chunk_of = [int(np.digitize(j, space)) - 1 for j in range(i)]
+        sums, occupied = [0.0] * levels, [0] * levels
+        for j in range(i):
+            if bins[j] > 0:
+                sums[chunk_of[j]] += bins[j]
+                occupied[chunk_of[j]] += 1
+        candidate = [sums[chunk_of[j]] / occupied[chunk_of[j]] if bins[j] > 0 else 0.0 for j in range(i)]
+        p, q = np.array(reference) / sum(reference), np.array(candidate) / sum(candidate)
+        if np.any((p > 0) & (q == 0)):
+            kl = np.inf
+        else:
+            kl = sum(pi * np.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+        if kl <= best_kl:
+            best, best_kl = i, kl
+    return edges[best]
+
+
+def test_histogram_range_doubles_and_keeps_counts():
+    histogram = AbsHistogram(bins=8)
+    histogram.update([0.1, -0.5, 0.9, 1.0])
+    assert histogram.range == 1.0 and histogram.counts.sum() == 4
+    histogram.update([3.5, -0.2])  # range 1 -> 2 -> 4: pairs of bins merge twice
+    assert histogram.range == 4.0 and histogram.max == 3.5 and histogram.counts.sum() == 6
+    # [0, 0.5): 0.1, 0.2 ; [0.5, 1]: 0.5, 0.9, 1.0 (the old top bin is closed) ; [3.5, 4): 3.5
+    np.testing.assert_array_equal(histogram.counts, [2, 3, 0, 0, 0, 0, 0, 1])
+
+
+def test_max_and_percentile():
+    values = np.linspace(-1.0, 1.0, 200001)
+    histogram = _histogram(values)
+    assert calibration.max_amax(histogram) == 1.0
+    assert percentile_amax(histogram, 99.0) == pytest.approx(0.99, abs=1e-3)
+    assert percentile_amax(histogram, 100.0) == pytest.approx(1.0)
+
+
+def test_entropy_keeps_the_whole_range_of_a_uniform_distribution():
+    values = np.random.default_rng(0).uniform(-1.0, 1.0, 1_000_000)
+    assert entropy_amax(_histogram(values)) == pytest.approx(1.0, rel=0.02)
+
+
+def test_entropy_clips_rare_outliers():
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.uniform(0.0, 1.0, 1_000_000), [8.0, 9.0, -10.0]])
+    histogram = _histogram(values)
+    assert histogram.max == 10.0
+    assert entropy_amax(histogram) == pytest.approx(1.0, rel=0.02)
+
+
+@pytest.mark.parametrize("draw", [lambda rng: rng.normal(0, 1, 500_000), lambda rng: rng.laplace(0, 1, 500_000),
+                                  lambda rng: np.maximum(rng.normal(0.5, 1, 500_000), 0)])
+def test_entropy_matches_a_reference_transcription(draw):
+    histogram = _histogram(draw(np.random.default_rng(2)))
+    expected = reference_entropy_amax(histogram.counts, histogram.edges)
+    assert entropy_amax(histogram) == pytest.approx(expected, rel=0.02)
+
+
+def test_entropy_clips_heavy_tails_harder_than_gaussian_tails():
+    rng = np.random.default_rng(3)
+    gaussian, laplace = _histogram(rng.normal(0, 1, 500_000)), _histogram(rng.laplace(0, 1, 500_000))
+    assert entropy_amax(laplace) / laplace.max < entropy_amax(gaussian) / gaussian.max < 1.0
+
+
+def test_cache_format_golden(tmp_path):
+    path = tmp_path / "cal.bin"
+    calibration.write_cache(str(path), {"input_image": 127.0, "conv1/Relu:0": 2.54}, "entropy")
+    assert path.read_text() == ("TRT-8601-EntropyCalibration2\n"
+                                "conv1/Relu:0: 3ca3d70a\n"  # 2.54 / 127 = 0.02 -> 0x3ca3d70a
+                                "input_image: 3f800000\n")  # 127 / 127 = 1.0
+    algorithm, scales = calibration.read_cache(str(path))
+    assert algorithm == "EntropyCalibration2"
+    assert scales == {"input_image": 1.0, "conv1/Relu:0": np.float32(0.02)}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1).filter(
+    lambda s: s.strip() == s), st.floats(2.0 ** -20, 2.0 ** 20, width=32), max_size=8))
+def test_cache_round_trip(scales):
+    text = calibration.format_cache(scales, "MinMaxCalibration")
+    algorithm, parsed = calibration.parse_cache(text)
+    assert algorithm == "MinMaxCalibration" and parsed == scales
+
+
+def test_malformed_cache_names_the_line(tmp_path):
+    path = tmp_path / "cal.bin"
+    path.write_text("TRT-8601-EntropyCalibration2\na: 3f800000\nb 3f80\n")
+    with pytest.raises(FrcnnError, match=r"cal.bin:3: expected `tensor_name: 8 hex digits`"):
+        calibration.read_cache(str(path))
+    path.write_text("conv: 3f800000\n")
+    with pytest.raises(FrcnnError, match=r"cal.bin:1: not a TensorRT calibration cache"):
+        calibration.read_cache(str(path))
