@@ -1,5 +1,6 @@
 """ONNX export: matches the Keras model on real images, runs in onnxruntime, uses TensorRT-parsable ops."""
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from conftest import REPO
 from frcnn_tf.data.pipeline import InputPipeline
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.evaluate import evaluate_detector
+from frcnn_tf.export import calibration
 from frcnn_tf.export.onnx_export import OUTPUT_NAMES, tensorrt_supported_ops, unsupported_ops
 from frcnn_tf.predict import KerasDetector, OnnxDetector
 from frcnn_tf.spec import load_experiment_spec
@@ -31,6 +33,44 @@ def exported(tmp_path_factory, traffic_light_records, traffic_lights):
                              "-e", path], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return path, checkpoint, onnx_path
+
+
+def _export(path, checkpoint, output, *flags):
+    result = subprocess.run([sys.executable, str(REPO / "bin" / "export.py"), "-m", checkpoint, "-o", output,
+                             "-e", path, *flags], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def exported_fp16_int8(exported, traffic_lights):
+    path, checkpoint, onnx_path = exported
+    folder = pathlib.Path(onnx_path).parent
+    fp16 = _export(path, checkpoint, str(folder / "frcnn_fp16.onnx"), "--data_type", "fp16")
+    int8 = _export(path, checkpoint, str(folder / "frcnn_int8.onnx"), "--data_type", "int8", "--batch_size", "4",
+                   "--batches", "3", "--cal_image_dir", str(traffic_lights / "images"))
+    return fp16, int8
+
+
+def _matched_fraction(reference, other, boxes_px, scores_abs, min_score):
+    """Fraction of `reference` detections scoring >= min_score that `other` has (same class, box
+    and score within the tolerances), over validation batches."""
+    found = total = 0
+    for ours, theirs in zip(reference, other):
+        for box, score, cls in zip(ours["boxes"], ours["scores"], ours["classes"]):
+            if score < min_score:
+                continue
+            total += 1
+            found += any(c == cls and np.abs(b - box).max() <= boxes_px and abs(s - score) <= scores_abs
+                         for b, s, c in zip(theirs["boxes"], theirs["scores"], theirs["classes"]))
+    return found / max(total, 1), total
+
+
+def _detections(spec, detector, batches=5):
+    found = []
+    for batch in InputPipeline(spec).dataset(training=False, batch_size=4).take(batches):
+        found += detector(batch["images"].numpy())
+    return found
 
 
 def test_onnx_graph_interface_and_operators(exported):
@@ -91,3 +131,59 @@ def test_export_refuses_to_overwrite_and_bad_files(exported, tmp_path):
     bogus.write_bytes(b"not onnx")
     with pytest.raises(FrcnnError, match="cannot load the ONNX model"):
         OnnxDetector(str(bogus))
+
+
+def test_fp16_onnx_computes_the_body_in_fp16_and_matches_fp32(exported, exported_fp16_int8):
+    path, _, fp32_path = exported
+    fp16_path, _ = exported_fp16_int8
+    model = onnx.load(fp16_path)
+    weights = {i.name: i.data_type for i in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(weights[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)
+    assert all(o.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for o in model.graph.output)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    nms = [n for n in model.graph.node if n.op_type == "NonMaxSuppression"]
+    assert all(n.input[0] not in weights for n in nms)  # box math stays FP32: no FP16 tensors feed NMS
+    assert unsupported_ops(model) == []
+    info = json.loads({p.key: p.value for p in model.metadata_props}["frcnn_tf"])
+    assert info["data_type"] == "fp16"
+    spec = load_experiment_spec(path)
+    fraction, total = _matched_fraction(_detections(spec, OnnxDetector(fp32_path)),
+                                        _detections(spec, OnnxDetector(fp16_path)), 2.0, 0.02, 0.05)
+    assert total > 0 and fraction >= 0.9, (fraction, total)
+
+
+def test_int8_onnx_has_tensorrt_qdq_and_a_matching_cache(exported, exported_fp16_int8):
+    path, _, fp32_path = exported
+    _, int8_path = exported_fp16_int8
+    model = onnx.load(int8_path)
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(initializers[n.input[2]].dtype == np.int8 and not initializers[n.input[2]].any() for n in quantize)
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        assert [producers[name].op_type for name in conv.input[:2]] == ["DequantizeLinear"] * 2, conv.name
+    assert unsupported_ops(model) == []
+    info = json.loads({p.key: p.value for p in model.metadata_props}["frcnn_tf"])
+    assert info["data_type"] == "int8" and info["calibrator"] == "entropy"
+    algorithm, scales = calibration.read_cache(str(pathlib.Path(int8_path).parent / info["cal_cache_file"]))
+    assert algorithm == "EntropyCalibration2"
+    tensors = {name for node in model.graph.node for name in node.output}
+    assert set(scales) <= tensors and all(s > 0 for s in scales.values())
+    activation_scales = {n.input[0]: float(initializers[n.input[1]]) for n in quantize
+                         if initializers[n.input[1]].ndim == 0}
+    assert activation_scales and all(scales[t] == pytest.approx(v, rel=1e-6) for t, v in activation_scales.items())
+    spec = load_experiment_spec(path)
+    report = evaluate_detector(spec, OnnxDetector(int8_path))
+    assert report["images"] == 77 and 0.0 <= report["map"] <= 1.0
+
+
+def test_build_engine_without_tensorrt_exits_2_and_says_what_is_ready(exported_fp16_int8, tmp_path):
+    _, int8_path = exported_fp16_int8
+    result = subprocess.run([sys.executable, str(REPO / "bin" / "build_engine.py"), "-m", int8_path,
+                             "--engine_file", str(tmp_path / "frcnn.engine")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "TensorRT is not installed" in line and "frcnn_int8.onnx is ready" in line and "frcnn_int8.cal.bin" in line
+    assert not (tmp_path / "frcnn.engine").exists()

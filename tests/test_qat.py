@@ -61,3 +61,30 @@ def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records,
     spec.training_config.resume_from_model = result["checkpoints"][0]
     with pytest.raises(FrcnnError, match="is a QAT model but training_config.enable_qat is false"):
         train(spec, max_steps_per_epoch=3)
+    _check_qat_int8_export(path, result["checkpoints"][0], tmp_path)
+
+
+def _check_qat_int8_export(spec_path, checkpoint, tmp_path):
+    """A QAT model exports to INT8 from its own ranges: symmetric Q/DQ, a cache, onnxruntime runs it."""
+    import onnx
+
+    from frcnn_tf.export import calibration
+    from frcnn_tf.export.onnx_export import run_export
+    from frcnn_tf.predict import OnnxDetector
+
+    with pytest.raises(FrcnnError, match="a QAT model exports as int8"):
+        run_export(spec_path, checkpoint, str(tmp_path / "qat_fp16.onnx"), "fp16")
+    output = str(tmp_path / "qat_int8.onnx")
+    info = run_export(spec_path, checkpoint, output, "int8")
+    assert info["calibrator"] == "qat"
+    model = onnx.load(output)
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(initializers[n.input[2]].dtype == np.int8 and not initializers[n.input[2]].any() for n in quantize)
+    activations = {n.input[0] for n in quantize if n.input[0] not in initializers}
+    weights = [n for n in quantize if n.input[0] in initializers]
+    assert len(weights) == 30  # every conv and dense kernel, per output channel
+    algorithm, scales = calibration.read_cache(str(tmp_path / "qat_int8.cal.bin"))
+    assert algorithm == "MinMaxCalibration" and set(scales) == activations and len(activations) >= 30
+    found = OnnxDetector(output)(np.zeros([2, *info["input_shape"]], np.float32))
+    assert len(found) == 2
