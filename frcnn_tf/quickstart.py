@@ -1,7 +1,8 @@
 """The main job: the whole workflow on generated sample data (or any KITTI folder).
 
 generate -> dataset_convert -> train -> evaluate -> prune -> retrain with QAT ->
-evaluate -> export ONNX -> evaluate the ONNX model (onnxruntime) -> inference.
+evaluate -> export ONNX FP32 / FP16 / INT8 (calibrated) and the QAT model's INT8 ->
+evaluate each ONNX model (onnxruntime) -> TensorRT engine (where installed) -> inference.
 Every stage calls the same function as its bin/ script; the specs it derives
 from specs/ are written to <workdir>/specs so each stage can be rerun by hand.
 """
@@ -21,7 +22,8 @@ SPECS_DIR = pathlib.Path(__file__).resolve().parents[1] / "specs"
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartOptions:
-    """Sizes of the run; the defaults finish in about 20 minutes on 2 CPU cores."""
+    """Sizes of the run; the defaults finish in under 30 minutes on 2 CPU cores. The float
+    training uses bfloat16 compute (TLT's --use_amp) when use_amp."""
 
     num_images: int = 300
     image_height: int = 192
@@ -33,6 +35,8 @@ class QuickstartOptions:
     eval_rois: int = 100
     prune_threshold: float = 0.2
     max_steps_per_epoch: int = None
+    use_amp: bool = True
+    calibration_batches: int = 4
     seed: int = 0
 
 
@@ -103,10 +107,13 @@ class _Stages:
 
     def run(self, name, function, *args, **kwargs):
         logging.info("==== %s", name)
+        row = {"stage": name}
+        self.rows.append(row)
         start = time.perf_counter()
-        result = function(*args, **kwargs)
-        self.rows.append({"stage": name, "seconds": round(time.perf_counter() - start, 1)})
-        return result
+        try:
+            return function(*args, **kwargs)
+        finally:
+            row["seconds"] = round(time.perf_counter() - start, 1)
 
     def note(self, **values):
         self.rows[-1].update(values)
@@ -120,7 +127,8 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
     """Runs the workflow; returns (summary rows, artifact paths)."""
     from frcnn_tf.data.convert import run_dataset_convert
     from frcnn_tf.evaluate import run_evaluate
-    from frcnn_tf.export.onnx_export import run_export
+    from frcnn_tf.export.onnx_export import Int8Options, run_export
+    from frcnn_tf.export.tensorrt_engine import TensorRTMissing, build_engine
     from frcnn_tf.inference import run_inference
     from frcnn_tf.prune import PruneOptions, run_prune
     from frcnn_tf.train.checkpoints import load_model
@@ -143,8 +151,8 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
     summary = stages.run("dataset_convert", run_dataset_convert, convert_spec, prefix, overwrite=True)
     stages.note(detail=f"{summary['total_images']} images, {len(summary['shards'])} shards")
 
-    model_path = stages.run("train", run_train, train_spec, max_steps_per_epoch=options.max_steps_per_epoch)[
-        "checkpoints"][-1]
+    model_path = stages.run("train", run_train, train_spec, max_steps_per_epoch=options.max_steps_per_epoch,
+                            use_amp=options.use_amp)["checkpoints"][-1]
     stages.note(params=load_model(model_path)[0].count_params())
     result = stages.run("evaluate (Keras FP32)", run_evaluate, train_spec, model_path)
     stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result))
@@ -159,17 +167,32 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
     stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result),
                 params=load_model(qat_path)[0].count_params())
 
-    onnx_path = os.path.join(workdir, "export", "frcnn_resnet18_fp32.onnx")
-    stages.run("export ONNX FP32", run_export, train_spec, model_path, onnx_path, overwrite=True)
-    result = stages.run("evaluate (onnxruntime FP32)", run_evaluate, train_spec, onnx_path)
-    stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result))
+    exports = {}
+    for label, spec, source, data_type in (("FP32", train_spec, model_path, "fp32"),
+                                           ("FP16", train_spec, model_path, "fp16"),
+                                           ("INT8", train_spec, model_path, "int8"),
+                                           ("QAT INT8", qat_spec, qat_path, "int8")):
+        path = os.path.join(workdir, "export", f"frcnn_resnet18_{label.lower().replace(' ', '_')}.onnx")
+        info = stages.run(f"export ONNX {label}", run_export, spec, source, path, data_type, overwrite=True,
+                          int8=Int8Options(batch_size=options.batch_size, batches=options.calibration_batches))
+        if data_type == "int8":
+            stages.note(detail=f"cache {info['cal_cache_file']} ({info['calibrator']})")
+        result = stages.run(f"evaluate (onnxruntime {label})", run_evaluate, spec, path)
+        stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result))
+        exports[f"ONNX {label}"] = path
+    try:
+        stages.run("TensorRT engine (INT8)", build_engine, exports["ONNX INT8"],
+                   os.path.join(workdir, "export", "frcnn_resnet18_int8.engine"), overwrite=True)
+    except TensorRTMissing as missing:
+        stages.note(detail=f"skipped: {missing}")
     images = os.path.join(workdir, "inference", "input")
     os.makedirs(images, exist_ok=True)
     for name in sorted(os.listdir(os.path.join(data_dir, "images")))[:8]:
         pathlib.Path(images, name).write_bytes(pathlib.Path(data_dir, "images", name).read_bytes())
-    stages.run("inference", run_inference, train_spec, model_path, images, overwrite=True)
+    stages.run("inference", run_inference, train_spec, exports["ONNX INT8"], images, overwrite=True)
     artifacts = {"sample data": data_dir, "specs": os.path.dirname(train_spec), "tfrecords": prefix + "-*",
-                 "model": model_path, "pruned model": pruned, "QAT model": qat_path, "ONNX FP32": onnx_path,
+                 "model": model_path, "pruned model": pruned, "QAT model": qat_path, **exports,
+                 "calibration caches": os.path.join(workdir, "export", "*.cal.bin"),
                  "inference": os.path.join(workdir, "inference"), "evaluation reports": os.path.dirname(model_path)}
     return stages.rows, artifacts
 

@@ -26,14 +26,17 @@ def test_sample_data_is_deterministic_and_labelled(tmp_path):
 
 def test_whole_workflow_at_tiny_size(tmp_path):
     options = QuickstartOptions(num_images=24, image_height=96, image_width=160, epochs=1, qat_epochs=1, batch_size=2,
-                                roi_mini_batch=16, eval_rois=16, max_steps_per_epoch=2)
+                                roi_mini_batch=16, eval_rois=16, max_steps_per_epoch=2, calibration_batches=2)
     rows, artifacts = run_quickstart(str(tmp_path), options=options)
     stages = [row["stage"] for row in rows]
     assert stages == ["generate sample data", "dataset_convert", "train", "evaluate (Keras FP32)", "prune",
-                      "retrain pruned model with QAT", "evaluate (Keras QAT)", "export ONNX FP32",
-                      "evaluate (onnxruntime FP32)", "inference"]
-    for key in ("model", "pruned model", "QAT model", "ONNX FP32"):
+                      "retrain pruned model with QAT", "evaluate (Keras QAT)",
+                      "export ONNX FP32", "evaluate (onnxruntime FP32)", "export ONNX FP16", "evaluate (onnxruntime FP16)",
+                      "export ONNX INT8", "evaluate (onnxruntime INT8)", "export ONNX QAT INT8",
+                      "evaluate (onnxruntime QAT INT8)", "TensorRT engine (INT8)", "inference"]
+    for key in ("model", "pruned model", "QAT model", "ONNX FP32", "ONNX FP16", "ONNX INT8", "ONNX QAT INT8"):
         assert os.path.isfile(artifacts[key]), key
+    assert "skipped: TensorRT is not installed" in rows[-2]["detail"]
     onnx.checker.check_model(onnx.load(artifacts["ONNX FP32"]))
     keras_map = next(r["map"] for r in rows if r["stage"] == "evaluate (Keras FP32)")
     onnx_map = next(r["map"] for r in rows if r["stage"] == "evaluate (onnxruntime FP32)")

@@ -9,6 +9,11 @@ flags.DEFINE_integer("num_images", 300, "Generated sample images.")
 flags.DEFINE_integer("epochs", 6, "Training epochs.")
 flags.DEFINE_integer("qat_epochs", 2, "QAT retraining epochs.")
 flags.DEFINE_integer("max_steps_per_epoch", None, "Cap on steps per epoch (smoke runs).")
+flags.DEFINE_integer("image_height", 192, "Network input height (px).")
+flags.DEFINE_integer("image_width", 320, "Network input width (px).")
+flags.DEFINE_integer("batch_size", 4, "Training batch size.")
+flags.DEFINE_bool("use_amp", True, "bfloat16 compute for the float training (TLT's --use_amp).")
+flags.DEFINE_integer("seed", 0, "Seed of the sample data and the training.")
 FLAGS = flags.FLAGS
 
 
@@ -16,8 +21,10 @@ def main(argv):
     del argv
     from frcnn_tf.quickstart import QuickstartOptions, format_summary, run_quickstart
 
-    options = QuickstartOptions(num_images=FLAGS.num_images, epochs=FLAGS.epochs, qat_epochs=FLAGS.qat_epochs,
-                                max_steps_per_epoch=FLAGS.max_steps_per_epoch)
+    options = QuickstartOptions(num_images=FLAGS.num_images, image_height=FLAGS.image_height,
+                                image_width=FLAGS.image_width, epochs=FLAGS.epochs, qat_epochs=FLAGS.qat_epochs,
+                                batch_size=FLAGS.batch_size, max_steps_per_epoch=FLAGS.max_steps_per_epoch,
+                                use_amp=FLAGS.use_amp, seed=FLAGS.seed)
     for line in format_summary(*run_quickstart(FLAGS.workdir, FLAGS.data_dir, options)):
         print(line)
     return 0

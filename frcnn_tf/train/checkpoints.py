@@ -102,6 +102,8 @@ def save_model(model, path, metadata, include_optimizer=True, key=None):
             model.save(temp_path, save_format="h5", include_optimizer=include_optimizer)
         with h5py.File(temp_path, "a") as h5:
             h5.attrs[METADATA_KEY] = json.dumps(metadata)
+            config = h5.attrs["model_config"]
+            h5.attrs["model_config"] = json.dumps(_float32_compute(json.loads(config)))
         if path.endswith(ENCRYPTED_EXTENSION):
             with open(temp_path, "rb") as plain:
                 data = encrypt(plain.read(), key)
@@ -112,6 +114,18 @@ def save_model(model, path, metadata, include_optimizer=True, key=None):
     finally:
         if os.path.exists(temp_path):
             os.remove(temp_path)
+
+
+def _float32_compute(config):
+    """A Keras model config with mixed-precision layer policies (--use_amp) set to float32: model
+    files always compute in float32 (their variables are float32 in any case)."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("Policy", "DTypePolicy") and "mixed" in str(config.get("config")):
+            return "float32"
+        return {k: _float32_compute(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_compute(v) for v in config]
+    return config
 
 
 def load_model(path, purpose="model", key=None):
