@@ -1,10 +1,13 @@
 """A synthetic KITTI-layout detection dataset, deterministic by seed (no downloads).
 
-Classes circle, square and triangle, 10-70 px, in random colours, over textured
-backgrounds (gradients, stripes, blotches, noise) with unlabelled distractor
-shapes. Objects may overlap: a box more than 30 % covered by later objects is
+Classes circle, square and triangle, 10-70 px, over textured backgrounds
+(gradients, stripes, blotches, noise) with unlabelled distractor shapes. Each
+class leans to its own hue (red, green, blue, +-50 degrees, random saturation and
+brightness) so that a short CPU training learns something; shape, overlapping
+hues, small sizes and occlusion keep it from being easy. Objects may overlap: a box more than 30 % covered by later objects is
 marked occluded (KITTI occlusion 1), and TLT counts occluded boxes as difficult.
 """
+import colorsys
 import os
 
 import numpy as np
@@ -12,6 +15,14 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 CLASSES = ("circle", "square", "triangle")
+CLASS_HUES = {"circle": 0.0, "square": 1 / 3, "triangle": 2 / 3}  # fractions of the hue circle
+HUE_JITTER = 50 / 360
+
+
+def _class_color(rng, name):
+    hue = (CLASS_HUES[name] + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.4, 1.0), rng.uniform(0.35, 1.0))
+    return tuple(int(255 * c) for c in rgb)
 
 
 def _background(rng, width, height):
@@ -74,7 +85,7 @@ def make_image(rng, width, height, max_objects=6):
         name = CLASSES[rng.integers(len(CLASSES))]
         size = float(np.exp(rng.uniform(np.log(10), np.log(70))))
         cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        color = _class_color(rng, name)
         mask = Image.new("L", (width, height), 0)
         box = _draw_object(draw, ImageDraw.Draw(mask), name, cx, cy, size, color, rng)
         current = np.asarray(mask, bool)
