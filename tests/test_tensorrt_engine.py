@@ -162,3 +162,12 @@ def test_missing_tensorrt_is_exit_status_2(monkeypatch, tmp_path):
     with pytest.raises(TensorRTMissing, match="m.onnx is ready") as caught:
         build_engine(_onnx(tmp_path / "m.onnx", "fp32"), str(tmp_path / "m.engine"))
     assert caught.value.exit_code == 2
+
+
+def test_engine_backend_without_tensorrt_is_exit_status_2(monkeypatch, tmp_path):
+    from frcnn_tf.predict import TensorRTDetector
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    (tmp_path / "m.engine").write_bytes(b"engine")
+    with pytest.raises(TensorRTMissing, match="evaluate the ONNX model with onnxruntime here instead"):
+        TensorRTDetector(str(tmp_path / "m.engine"), ["red", "background"])
