@@ -88,6 +88,9 @@ def derive_specs(workdir, data_dir, options, classes):
     qat = type(train)()
     qat.CopyFrom(train)
     qat.training_config.enable_qat = True
+    # QAT fine-tunes a trained model: a tenth of the learning rate keeps what it learned.
+    qat.training_config.optimizer.sgd.lr = qat.training_config.learning_rate.soft_start.base_lr = 0.001
+    qat.training_config.learning_rate.soft_start.start_lr = 0.0001
     qat.training_config.num_epochs = qat.evaluation_config.validation_period_during_training = options.qat_epochs
     qat.training_config.retrain_pruned_model = os.path.join(workdir, "models", "frcnn_resnet18_pruned.hdf5")
     qat.training_config.output_model = os.path.join(workdir, "models", "frcnn_resnet18_qat.hdf5")
