@@ -36,7 +36,7 @@ class QuickstartOptions:
     prune_threshold: float = 0.2
     max_steps_per_epoch: int = None
     use_amp: bool = True
-    calibration_batches: int = 4
+    calibration_batches: int = 10  # of 8 images, as TLT's export defaults
     seed: int = 0
 
 
@@ -177,7 +177,7 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
                                            ("QAT INT8", qat_spec, qat_path, "int8")):
         path = os.path.join(workdir, "export", f"frcnn_resnet18_{label.lower().replace(' ', '_')}.onnx")
         info = stages.run(f"export ONNX {label}", run_export, spec, source, path, data_type, overwrite=True,
-                          int8=Int8Options(batch_size=options.batch_size, batches=options.calibration_batches))
+                          int8=Int8Options(batches=options.calibration_batches))
         if data_type == "int8":
             stages.note(detail=f"cache {info['cal_cache_file']} ({info['calibrator']})")
         result = stages.run(f"evaluate (onnxruntime {label})", run_evaluate, spec, path)
