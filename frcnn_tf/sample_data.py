@@ -1,11 +1,11 @@
 """A synthetic KITTI-layout detection dataset, deterministic by seed (no downloads).
 
-Classes circle, square and triangle, 10-70 px, over textured backgrounds
+Classes circle, square and triangle, 16-72 px, over textured backgrounds
 (gradients, stripes, blotches, noise) with unlabelled distractor shapes. Each
-class leans to its own hue (red, green, blue, +-50 degrees, random saturation and
-brightness) so that a short CPU training learns something; shape, overlapping
-hues, small sizes and occlusion keep it from being easy. Objects may overlap: a box more than 30 % covered by later objects is
-marked occluded (KITTI occlusion 1), and TLT counts occluded boxes as difficult.
+class leans to its own hue (red, green, blue, +-40 degrees, random saturation and
+brightness) so that a short CPU training learns something; shape, small sizes,
+blurred round blotches and occlusion keep it from being easy. Objects may
+overlap: a box more than 30 % covered by later objects is marked occluded (KITTI occlusion 1), and TLT counts occluded boxes as difficult.
 """
 import colorsys
 import os
@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 CLASSES = ("circle", "square", "triangle")
 CLASS_HUES = {"circle": 0.0, "square": 1 / 3, "triangle": 2 / 3}  # fractions of the hue circle
-HUE_JITTER = 50 / 360
+HUE_JITTER = 40 / 360
 
 
 def _class_color(rng, name):
@@ -37,9 +37,9 @@ def _background(rng, width, height):
     picture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     for _ in range(rng.integers(3, 9)):  # blotches
-        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, 60)
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(30, 90)
         draw.ellipse([cx - r, cy - r * rng.uniform(0.3, 1), cx + r, cy + r], fill=tuple(rng.integers(0, 256, 3)))
-    return picture.filter(ImageFilter.GaussianBlur(rng.uniform(1, 4)))
+    return picture.filter(ImageFilter.GaussianBlur(rng.uniform(3, 6)))
 
 
 def _polygon(name, cx, cy, size, rng):
@@ -83,7 +83,7 @@ def make_image(rng, width, height, max_objects=6):
     objects, masks = [], []
     for _ in range(rng.integers(1, max_objects + 1)):
         name = CLASSES[rng.integers(len(CLASSES))]
-        size = float(np.exp(rng.uniform(np.log(10), np.log(70))))
+        size = float(np.exp(rng.uniform(np.log(16), np.log(72))))
         cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
         color = _class_color(rng, name)
         mask = Image.new("L", (width, height), 0)

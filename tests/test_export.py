@@ -163,6 +163,9 @@ def test_int8_onnx_has_tensorrt_qdq_and_a_matching_cache(exported, exported_fp16
     assert all(initializers[n.input[2]].dtype == np.int8 and not initializers[n.input[2]].any() for n in quantize)
     for conv in (n for n in model.graph.node if n.op_type == "Conv"):
         assert [producers[name].op_type for name in conv.input[:2]] == ["DequantizeLinear"] * 2, conv.name
+        weight = producers[conv.input[1]]
+        assert initializers[weight.input[0]].dtype == np.int8 and initializers[weight.input[0]].min() >= -127
+        assert initializers[weight.input[1]].shape == (initializers[weight.input[0]].shape[0],)
     assert unsupported_ops(model) == []
     info = json.loads({p.key: p.value for p in model.metadata_props}["frcnn_tf"])
     assert info["data_type"] == "int8" and info["calibrator"] == "entropy"

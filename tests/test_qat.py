@@ -82,8 +82,9 @@ def _check_qat_int8_export(spec_path, checkpoint, tmp_path):
     quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert all(initializers[n.input[2]].dtype == np.int8 and not initializers[n.input[2]].any() for n in quantize)
     activations = {n.input[0] for n in quantize if n.input[0] not in initializers}
-    weights = [n for n in quantize if n.input[0] in initializers]
-    assert len(weights) == 30  # every conv and dense kernel, per output channel
+    weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    assert len(weights) == 30  # every conv and dense kernel: INT8 constants, a scale per output channel
+    assert all(initializers[n.input[0]].dtype == np.int8 and initializers[n.input[1]].ndim == 1 for n in weights)
     algorithm, scales = calibration.read_cache(str(tmp_path / "qat_int8.cal.bin"))
     assert algorithm == "MinMaxCalibration" and set(scales) == activations and len(activations) >= 30
     found = OnnxDetector(output)(np.zeros([2, *info["input_shape"]], np.float32))

@@ -3,8 +3,9 @@
 The *body* is the convolutional network (backbone, RPN and second-stage convs and
 dense layers with their ReLU, pooling and shortcut Adds); proposal decoding, RoI
 cropping, NMS and box arithmetic stay in FP32. Explicit quantization follows
-TensorRT's Q/DQ rules: symmetric INT8 (zero point 0), per-tensor activations,
-per-output-channel weights.
+TensorRT's Q/DQ rules: symmetric INT8 (zero point 0), per-tensor activations
+(QuantizeLinear -> DequantizeLinear), per-output-channel weights stored as INT8
+constants behind a DequantizeLinear.
 """
 import numpy as np
 import onnx
@@ -136,30 +137,43 @@ class _QdqBuilder:
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def pair(self, tensor, amax, axis=None):
-        """Name of DQ(Q(tensor)) for scalar amax, or per-channel amax along `axis`."""
+    def pair(self, tensor, amax):
+        """Name of DQ(Q(tensor)) for an activation with range [-amax, amax]."""
         if tensor not in self.made:
-            scale = np.maximum(np.asarray(amax, np.float32), 1e-12) / INT8_MAX
-            inputs = [tensor, self._constant(f"{tensor}__scale", scale.astype(np.float32)),
-                      self._constant(f"{tensor}__zero_point", np.zeros(scale.shape, np.int8))]
-            attributes = {} if axis is None else {"axis": axis}
-            self.nodes.append(helper.make_node("QuantizeLinear", inputs, [f"{tensor}__q"], name=f"{tensor}__quantize",
-                                               **attributes))
+            scale = np.asarray(max(amax, 1e-12) / INT8_MAX, np.float32)
+            inputs = [tensor, self._constant(f"{tensor}__scale", scale),
+                      self._constant(f"{tensor}__zero_point", np.zeros((), np.int8))]
+            self.nodes.append(helper.make_node("QuantizeLinear", inputs, [f"{tensor}__q"], name=f"{tensor}__quantize"))
             self.nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}__q", *inputs[1:]], [f"{tensor}__dq"],
-                                               name=f"{tensor}__dequantize", **attributes))
+                                               name=f"{tensor}__dequantize"))
             self.made[tensor] = f"{tensor}__dq"
         return self.made[tensor]
 
 
+    def dequantized_weight(self, name, values, axis):
+        """Name of DequantizeLinear(INT8 weight, per-channel scale) for float `values`: the weight is
+        stored quantized (a quarter of the size; no runtime QuantizeLinear on constants)."""
+        if name not in self.made:
+            other_axes = tuple(i for i in range(values.ndim) if i != axis)
+            scale = np.maximum(np.abs(values).max(axis=other_axes), 1e-12).astype(np.float32) / INT8_MAX
+            shape = [1] * values.ndim
+            shape[axis] = -1
+            quantized = np.clip(np.round(values / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+            inputs = [self._constant(f"{name}__int8", quantized), self._constant(f"{name}__scale", scale),
+                      self._constant(f"{name}__zero_point", np.zeros(scale.shape, np.int8))]
+            self.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__dq"], name=f"{name}__dequantize",
+                                               axis=axis))
+            self.made[name] = f"{name}__dq"
+        return self.made[name]
+
+
 def _quantize_weights(graph, node, builder, initializers):
-    """Points a Conv/MatMul's weight input at a per-output-channel Q/DQ of it."""
+    """Points a Conv/MatMul's weight input at its per-output-channel INT8 dequantization."""
     weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
     if node.op_type not in WEIGHT_AXIS or weight is None:
         return
-    axis = WEIGHT_AXIS[node.op_type]
-    values = numpy_helper.to_array(weight)
-    other_axes = tuple(i for i in range(values.ndim) if i != axis)
-    node.input[1] = builder.pair(node.input[1], np.abs(values).max(axis=other_axes), axis=axis)
+    node.input[1] = builder.dequantized_weight(node.input[1], numpy_helper.to_array(weight),
+                                               WEIGHT_AXIS[node.op_type])
 
 
 def quantize_for_tensorrt(model, amax_by_tensor):
