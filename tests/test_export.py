@@ -91,28 +91,14 @@ def test_onnx_graph_interface_and_operators(exported):
 def test_onnx_matches_keras_on_real_images(exported):
     path, checkpoint, onnx_path = exported
     spec = load_experiment_spec(path)
-    keras = KerasDetector.from_file(checkpoint, spec, spec.inference_config)
-    runtime = OnnxDetector(onnx_path)
-    compared = total = 0
-    for batch in InputPipeline(spec).dataset(training=False, batch_size=4).take(5):
-        for ours, theirs in zip(runtime(batch["images"].numpy()), keras(batch["images"])):
-            assert len(ours["scores"]) == len(theirs["scores"])
-            total += len(ours["scores"])
-            # NMS breaks exact score ties in an implementation-defined order (RoIs on the blank
-            # letterbox padding of a barely trained model score identically): compare the rest.
-            tied = {round(float(v), 6) for v in theirs["scores"]
-                    if np.sum(np.abs(theirs["scores"] - v) < 1e-6) > 1}
-            unmatched = list(range(len(theirs["scores"])))
-            for box, score, cls in zip(ours["boxes"], ours["scores"], ours["classes"]):
-                if round(float(score), 6) in tied:
-                    continue
-                match = [j for j in unmatched if theirs["classes"][j] == cls
-                         and np.abs(theirs["boxes"][j] - box).max() <= 1.0
-                         and abs(theirs["scores"][j] - score) <= 1e-3]
-                assert match, (box, score, cls)
-                unmatched.remove(match[0])
-                compared += 1
-    assert compared >= 0.5 * total > 0
+    keras = _detections(spec, KerasDetector.from_file(checkpoint, spec, spec.inference_config))
+    runtime = _detections(spec, OnnxDetector(onnx_path))
+    # A barely trained model scores many overlapping RoIs within 1e-4 of each other, so NMS may
+    # keep a different one of a near-tied pair: require (almost) every detection to be matched
+    # (same class, box within 1 px, score within 1e-3) both ways rather than identical lists.
+    for reference, other in ((keras, runtime), (runtime, keras)):
+        fraction, total = _matched_fraction(reference, other, 1.0, 1e-3, 0.0)
+        assert total > 0 and fraction >= 0.9, (fraction, total)
 
 
 def test_evaluate_accepts_onnx_models(exported):
