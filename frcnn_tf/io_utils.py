@@ -2,6 +2,8 @@
 import os
 import tempfile
 
+from frcnn_tf.errors import FrcnnError
+
 
 def apply_umask(path):
     """Gives a mkstemp file (mode 0600) the permissions a normally created file would have."""
@@ -28,3 +30,10 @@ def atomic_write_bytes(path, data):
 
 def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def refuse_to_overwrite(paths, overwrite, choice="another path"):
+    """FrcnnError for the first existing path (None entries skipped) unless overwrite."""
+    for path in paths:
+        if path and os.path.exists(path) and not overwrite:
+            raise FrcnnError(f"{path}: exists; choose {choice} or pass --overwrite")

@@ -5,7 +5,8 @@ Classes circle, square and triangle, 16-72 px, over textured backgrounds
 class leans to its own hue (red, green, blue, +-40 degrees, random saturation and
 brightness) so that a short CPU training learns something; shape, small sizes,
 blurred round blotches and occlusion keep it from being easy. Objects may
-overlap: a box more than 30 % covered by later objects is marked occluded (KITTI occlusion 1), and TLT counts occluded boxes as difficult.
+overlap: a box more than 30 % covered by later objects is marked occluded (KITTI
+occlusion 1), and TLT counts occluded boxes as difficult.
 """
 import colorsys
 import os

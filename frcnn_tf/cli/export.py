@@ -2,6 +2,7 @@
 from absl import flags
 
 from frcnn_tf.cli import run_main
+from frcnn_tf.export.calibration import CALIBRATORS
 
 flags.DEFINE_string("model", None, "Trained model (.hdf5 / .tlt).", short_name="m")
 flags.DEFINE_string("output_file", None, "ONNX file to write.", short_name="o")
@@ -11,7 +12,7 @@ flags.DEFINE_string("cal_cache_file", None, "INT8: calibration cache to write (d
 flags.DEFINE_string("cal_image_dir", None, "INT8: calibration images (default: the spec's training folds).")
 flags.DEFINE_integer("batch_size", 8, "INT8: images per calibration batch.")
 flags.DEFINE_integer("batches", 10, "INT8: calibration batches.")
-flags.DEFINE_enum("calibrator", "entropy", ["entropy", "percentile", "max"], "INT8: how ranges are chosen.")
+flags.DEFINE_enum("calibrator", "entropy", list(CALIBRATORS), "INT8: how ranges are chosen.")
 flags.DEFINE_float("percentile", 99.99, "INT8: percentile of |activation| for --calibrator percentile.")
 flags.DEFINE_string("engine_file", None, "Also build a TensorRT engine here (needs TensorRT).")
 flags.DEFINE_integer("max_batch_size", 1, "Engine: largest batch of the optimization profile.")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import calibration, onnx_graph
-from frcnn_tf.io_utils import atomic_write_bytes
+from frcnn_tf.io_utils import atomic_write_bytes, refuse_to_overwrite
 from frcnn_tf.model.frcnn import FasterRCNN, ProposalSettings, regression_weights
 from frcnn_tf.spec.summary import class_names
 from frcnn_tf.train import checkpoints
@@ -134,12 +134,6 @@ def quantize_int8(proto, info, spec, options):
     return onnx_graph.quantize_for_tensorrt(proto, ranges), ranges, options.calibrator
 
 
-def _refuse_existing(paths, overwrite):
-    for path in paths:
-        if path and os.path.exists(path) and not overwrite:
-            raise FrcnnError(f"{path}: exists; choose another path or pass --overwrite")
-
-
 def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=False, key=None,
                int8=Int8Options()):
     """Exports a model file to ONNX at output_path (+ the calibration cache for int8); returns
@@ -148,7 +142,7 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
     from frcnn_tf.spec.validate import require_section
 
     cache_path = (int8.cal_cache_file or f"{os.path.splitext(output_path)[0]}.cal.bin") if data_type == "int8" else None
-    _refuse_existing([output_path, cache_path], overwrite)
+    refuse_to_overwrite([output_path, cache_path], overwrite)
     spec, source = parse_experiment_spec(spec_path)
     section = spec.inference_config if spec.HasField("inference_config") else require_section(
         spec, source, "evaluation_config")

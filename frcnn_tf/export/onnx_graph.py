@@ -74,8 +74,7 @@ def _finish(model, nodes):
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     del model.graph.value_info[:]  # types changed; shape inference rebuilds what it can
-    onnx.checker.check_model(model)
-    return model
+    return model  # run_export checks the final graph once
 
 
 def to_float16(model):
@@ -149,6 +148,10 @@ class _QdqBuilder:
             self.made[tensor] = f"{tensor}__dq"
         return self.made[tensor]
 
+    def drain(self):
+        """The Q/DQ nodes made since the last call (to insert before their consumer)."""
+        made, self.nodes = self.nodes, []
+        return made
 
     def dequantized_weight(self, name, values, axis):
         """Name of DequantizeLinear(INT8 weight, per-channel scale) for float `values`: the weight is
@@ -167,7 +170,7 @@ class _QdqBuilder:
         return self.made[name]
 
 
-def _quantize_weights(graph, node, builder, initializers):
+def _quantize_weights(node, builder, initializers):
     """Points a Conv/MatMul's weight input at its per-output-channel INT8 dequantization."""
     weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
     if node.op_type not in WEIGHT_AXIS or weight is None:
@@ -187,9 +190,8 @@ def quantize_for_tensorrt(model, amax_by_tensor):
         if node.op_type in WEIGHT_AXIS:
             if node.input[0] in amax_by_tensor:
                 node.input[0] = builder.pair(node.input[0], amax_by_tensor[node.input[0]])
-            _quantize_weights(graph, node, builder, initializers)
-            nodes += builder.nodes
-            builder.nodes = []
+            _quantize_weights(node, builder, initializers)
+        nodes += builder.drain()
         nodes.append(node)
     return _finish(model, nodes)
 
@@ -218,9 +220,8 @@ def symmetric_qat_ranges(model):
         amax_by_tensor[node.input[0]] = amax_by_scale[scale_name]
     builder, nodes = _QdqBuilder(graph), []
     for node in graph.node:
-        _quantize_weights(graph, node, builder, initializers)
-        nodes += builder.nodes
-        builder.nodes = []
+        _quantize_weights(node, builder, initializers)
+        nodes += builder.drain()
         nodes.append(node)
     return _finish(model, nodes), amax_by_tensor
 

@@ -8,12 +8,13 @@ a calibrator whose only job is to hand TensorRT that cache.
 """
 import dataclasses
 import json
+import os
 
 import onnx
 from absl import logging
 
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.io_utils import atomic_write_bytes
+from frcnn_tf.io_utils import atomic_write_bytes, refuse_to_overwrite
 
 INSTALL_HINT = ("install TensorRT 10 or 11 with its Python bindings (pip install tensorrt, on a machine with an "
                 "NVIDIA GPU and driver)")
@@ -85,12 +86,9 @@ def _cache_calibrator(trt, cache_bytes, algorithm):
 
 def build_engine(onnx_path, engine_path, options=EngineOptions(), overwrite=False):
     """Builds and writes a serialized engine; returns a dict describing the build."""
-    import os
-
     from frcnn_tf.export.calibration import read_cache
 
-    if os.path.exists(engine_path) and not overwrite:
-        raise FrcnnError(f"{engine_path}: exists; choose another --engine_file or pass --overwrite")
+    refuse_to_overwrite([engine_path], overwrite, "another --engine_file")
     info, has_qdq = onnx_info(onnx_path)
     data_type = options.data_type or info.get("data_type", "fp32")
     cache_path = options.cal_cache_file or (
