@@ -1,6 +1,10 @@
 """Structured magnitude pruning (TLT's `prune`): removes whole conv/dense filters.
 
-Each Conv2D/Dense output filter is scored by the L2 norm of its kernel slice,
+Each Conv2D/Dense output filter is scored by the L2 norm of its kernel slice
+(score `kernel`, TLT's), or — the default, score `bn_folded` — of the kernel
+slice with the following BatchNorm folded in, ||W_j|| * |gamma_j| / sqrt(var_j + eps):
+a conv followed by a trainable BN is scale-invariant, so only the folded filter,
+the one that runs after export, says how much channel j contributes. The score is
 normalised per layer (`max`: divide by the layer's largest norm; `L2`: divide by
 the norm of all scores times their count; `off`). A layer keeps the filters
 scoring above `threshold`, at least min(`min_filters`, depth), rounded up to a
@@ -22,6 +26,7 @@ from frcnn_tf.errors import FrcnnError
 EQUALIZATIONS = {"union": np.max, "intersection": np.min, "arithmetic_mean": np.mean,
                  "geometric_mean": lambda stats, axis: np.exp(np.mean(np.log(np.maximum(stats, 1e-12)), axis=axis))}
 NORMALIZERS = ("max", "L2", "off")
+SCORES = ("bn_folded", "kernel")
 # TLT always keeps the Faster R-CNN output layers whole.
 ALWAYS_EXCLUDED = ("rpn_out_class", "rpn_out_regress", "dense_class_td", "dense_regress_td")
 PRUNABLE = (tf.keras.layers.Conv2D, tf.keras.layers.Dense)
@@ -38,12 +43,28 @@ class PruneOptions:
     min_filters: int = 16
     normalizer: str = "max"
     excluded: tuple = ()
+    score: str = "bn_folded"
 
 
 def filter_norms(layer):
     """L2 norm of each output filter of a Conv2D ([k, k, in, out]) or Dense ([in, out]) kernel."""
     kernel = layer.kernel.numpy()
     return np.sqrt(np.sum(kernel.reshape(-1, kernel.shape[-1]) ** 2, axis=0))
+
+
+def bn_scale(bn):
+    """|gamma| / sqrt(moving_variance + epsilon) per channel: the factor BN folds into the kernel."""
+    gamma = np.abs(bn.gamma.numpy()) if bn.scale else 1.0
+    return gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+
+
+def filter_scores(layer, consumers, score):
+    """Per-filter score of `layer`: its kernel norms, times the BN scale when score is bn_folded and
+    the layer's only consumer is a BatchNormalization."""
+    norms = filter_norms(layer)
+    if score == "bn_folded" and len(consumers) == 1 and isinstance(consumers[0], tf.keras.layers.BatchNormalization):
+        return norms * bn_scale(consumers[0])
+    return norms
 
 
 def normalise(stats, normalizer):
@@ -81,6 +102,15 @@ def _producers(layer):
     return set()  # the input image and layers that make new channels are not pruned
 
 
+def _consumers(model):
+    """{layer name: layers that take its output}."""
+    consumers = {layer.name: [] for layer in model.layers}
+    for layer in model.layers:
+        for parent in _parents(layer):
+            consumers[parent.name].append(layer)
+    return consumers
+
+
 def equalization_groups(model):
     """Lists of layer names that must keep the same filters (joined through Add layers)."""
     parent = {}
@@ -108,18 +138,22 @@ def plan(model, options):
         raise FrcnnError(f"unknown equalization '{options.equalization}'; use one of {', '.join(EQUALIZATIONS)}")
     if options.normalizer not in NORMALIZERS:
         raise FrcnnError(f"unknown normalizer '{options.normalizer}'; use one of {', '.join(NORMALIZERS)}")
+    if options.score not in SCORES:
+        raise FrcnnError(f"unknown score '{options.score}'; use one of {', '.join(SCORES)}")
     names = {layer.name for layer in model.layers}
     unknown = sorted(set(options.excluded) - names)
     if unknown:
         raise FrcnnError(f"excluded layers not in the model: {', '.join(unknown)}")
     excluded = set(options.excluded) | set(ALWAYS_EXCLUDED)
+    consumers = _consumers(model)
     kept = {}
     for group in equalization_groups(model):
         depth = model.get_layer(group[0]).kernel.shape[-1]
         if excluded & set(group):
             indices = np.arange(depth)
         else:
-            stats = np.stack([normalise(filter_norms(model.get_layer(n)), options.normalizer) for n in group])
+            stats = np.stack([normalise(filter_scores(model.get_layer(n), consumers[n], options.score),
+                                        options.normalizer) for n in group])
             merged = EQUALIZATIONS[options.equalization](stats, axis=0)
             indices = retained_indices(merged, options.threshold, options.min_filters, options.granularity)
         for name in group:

@@ -68,3 +68,25 @@ def test_unimplemented_backbone_is_a_clear_error(tmp_path):
     with pytest.raises(FrcnnError, match="'vgg:16' is a TLT backbone frcnn_tf does not build yet"):
         build_model(_spec(tmp_path, [('arch: "resnet:18"', 'arch: "vgg:16"'),
                                      ("freeze_blocks: 0\n", "")]))
+
+
+def test_bn_gamma_l1_and_regulariser_override_for_retraining(tmp_path):
+    from frcnn_tf.model.frcnn import override_regularizers
+    from frcnn_tf.train import checkpoints
+
+    sparse = _spec(tmp_path, [("freeze_bn: true", "freeze_bn: false"),
+                              ("weight: 1e-4", "weight: 1e-4\n      bn_gamma_l1_weight: 0.01")])
+    model = build_model(sparse)
+    # gamma starts at 1: a BN's loss is 0.01 * its channel count.
+    for name, channels in (("bn_conv1", 64), ("block_2a_bn_shortcut", 128), ("block_4b_bn_2", 512)):
+        assert [float(loss) for loss in model.get_layer(name).losses] == [pytest.approx(0.01 * channels)]
+    plain = _spec(tmp_path, [("type: L2", "type: L1"), ("weight: 1e-4", "weight: 0.5")])
+    rebuilt = override_regularizers(model, plain.training_config.regularizer, checkpoints.CUSTOM_OBJECTS)
+    assert all(bn.gamma_regularizer is None for bn in rebuilt.layers
+               if isinstance(bn, tf.keras.layers.BatchNormalization))
+    assert rebuilt.get_layer("block_4a_conv_1").kernel_regularizer.get_config() == {"l1": 0.5}
+    for before, after in zip(model.get_weights(), rebuilt.get_weights()):
+        assert (before == after).all()
+    kept = _spec(tmp_path, [("type: L2", "type: NO_REG"), ("weight: 1e-4", "weight: 0")])
+    assert override_regularizers(model, kept.training_config.regularizer, checkpoints.CUSTOM_OBJECTS).get_layer(
+        "block_4a_conv_1").kernel_regularizer.get_config()["l2"] == pytest.approx(1e-4)

@@ -133,3 +133,23 @@ def test_pruned_faster_rcnn_is_smaller_keeps_shapes_and_trains(tmp_path):
              "classes": tf.constant([[0, -1, -1, -1]] * 2)}
     losses = [float(step.step(batch, tf.constant([0, i], tf.int64))["total"]) for i in range(4)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_bn_folded_score_by_hand():
+    image = tf.keras.Input([4, 4, 1])
+    x = tf.keras.layers.Conv2D(3, 1, use_bias=False, name="conv")(image)
+    x = tf.keras.layers.BatchNormalization(epsilon=1e-3, name="bn")(x)
+    out = tf.keras.layers.Conv2D(2, 1, name="out")(tf.keras.layers.ReLU()(x))
+    model = tf.keras.Model(image, out)
+    model.get_layer("conv").set_weights([np.array([[[[3.0, 4.0, 2.0]]]], np.float32)])
+    bn = model.get_layer("bn")
+    # gamma 1, 0.1, -2 and variance + eps 1, 4, 0.25: folded norms 3*1/1, 4*0.1/2, 2*2/0.5 = 3, 0.2, 8,
+    # normalised by the max: 0.375, 0.025, 1. The kernel norms alone, 3, 4, 2, give 0.75, 1, 0.5.
+    bn.set_weights([np.array([1.0, 0.1, -2.0]), np.zeros(3), np.zeros(3), np.array([1.0, 4.0, 0.25]) - 1e-3])
+    folded, _ = prune_model(model, PruneOptions(0.3, granularity=1, min_filters=1), {})
+    np.testing.assert_array_equal(folded.get_layer("conv").kernel.numpy().ravel(), [3.0, 2.0])
+    np.testing.assert_allclose(folded.get_layer("bn").gamma.numpy(), [1.0, -2.0])
+    kernel_only, _ = prune_model(model, PruneOptions(0.6, granularity=1, min_filters=1, score="kernel"), {})
+    np.testing.assert_array_equal(kernel_only.get_layer("conv").kernel.numpy().ravel(), [3.0, 4.0])
+    assert prune_model(model, PruneOptions(0.3, granularity=1, min_filters=1, score="kernel"), {})[0].get_layer(
+        "conv").filters == 3

@@ -12,6 +12,8 @@ flags.DEFINE_enum("equalization_criterion", "union", ["union", "intersection", "
 flags.DEFINE_integer("pruning_granularity", 8, "Filters are kept in multiples of this.", short_name="pg")
 flags.DEFINE_integer("min_num_filters", 16, "Minimum filters kept per layer.", short_name="nf")
 flags.DEFINE_enum("normalizer", "max", ["max", "L2", "off"], "Per-layer score normalisation.", short_name="n")
+flags.DEFINE_enum("score", "bn_folded", ["bn_folded", "kernel"],
+                  "Filter score: kernel norm with the next BatchNorm folded in, or the kernel norm alone (TLT).")
 flags.DEFINE_list("excluded_layers", [], "Layers that keep all their filters.", short_name="el")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 flags.mark_flags_as_required(["model", "output_file"])
@@ -24,7 +26,7 @@ def main(argv):
     from frcnn_tf.prune import PruneOptions, run_prune
 
     options = PruneOptions(FLAGS.pruning_threshold, FLAGS.equalization_criterion, FLAGS.pruning_granularity,
-                           FLAGS.min_num_filters, FLAGS.normalizer, tuple(FLAGS.excluded_layers))
+                           FLAGS.min_num_filters, FLAGS.normalizer, tuple(FLAGS.excluded_layers), FLAGS.score)
     run_prune(FLAGS.model, FLAGS.output_file, options, FLAGS.overwrite, FLAGS.key)
     return 0
 

@@ -41,13 +41,39 @@ def _resnet_depth(arch):
     return int(depth)
 
 
-def _regularizer(config):
+def kernel_regularizer(config):
+    """The spec's conv/dense kernel regulariser (RegularizerConfig type/weight), or None."""
     kinds = regularizer_config_pb2.RegularizerConfig
     if config.type == kinds.L1:
         return tf.keras.regularizers.L1(config.weight)
     if config.type == kinds.L2:
         return tf.keras.regularizers.L2(config.weight)
     return None
+
+
+def gamma_regularizer(config):
+    """L1 on BatchNorm gamma (RegularizerConfig.bn_gamma_l1_weight), or None."""
+    return tf.keras.regularizers.L1(config.bn_gamma_l1_weight) if config.bn_gamma_l1_weight else None
+
+
+def override_regularizers(model, regularizer, custom_objects):
+    """`model` rebuilt with the spec's regularisers, for retraining a pruned model.
+
+    As TLT: an L1/L2 `type` replaces the kernel regulariser of every conv/dense
+    layer, NO_REG keeps the saved ones. The BN gamma L1 term is always the spec's
+    (0 removes it), so a model pruned after sparsity training retrains without it.
+    """
+    kernel, gamma = kernel_regularizer(regularizer), gamma_regularizer(regularizer)
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer_config = layer["config"]
+        if kernel is not None and "kernel_regularizer" in layer_config:
+            layer_config["kernel_regularizer"] = tf.keras.regularizers.serialize(kernel)
+        if layer["class_name"] == "BatchNormalization":
+            layer_config["gamma_regularizer"] = tf.keras.regularizers.serialize(gamma) if gamma else None
+    rebuilt = tf.keras.Model.from_config(config, custom_objects=custom_objects)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def input_shape(image_config):
@@ -62,8 +88,9 @@ def build_model(spec):
     """A new Faster R-CNN Keras model for a validated experiment spec (proposals: training settings)."""
     model_config, training = spec.model_config, spec.training_config
     depth = _resnet_depth(model_config.arch)
-    factory = resnet.LayerFactory(model_config.use_bias, _regularizer(training.regularizer), model_config.freeze_bn,
-                                  [int(b) for b in model_config.freeze_blocks])
+    factory = resnet.LayerFactory(model_config.use_bias, kernel_regularizer(training.regularizer),
+                                  model_config.freeze_bn, [int(b) for b in model_config.freeze_blocks],
+                                  gamma_regularizer(training.regularizer))
     num_classes = len(class_names(spec.dataset_config))
     anchors = model_config.anchor_box_config
     num_anchors = len(anchors.scale) * len(anchors.ratio)

@@ -13,11 +13,12 @@ WIDTHS = (64, 128, 256, 512)
 
 
 class LayerFactory:
-    """Makes conv/BN layers with the spec's bias, regulariser and freezing rules."""
+    """Makes conv/BN layers with the spec's bias, regularisers and freezing rules."""
 
-    def __init__(self, use_bias, regularizer, freeze_bn, freeze_blocks=()):
+    def __init__(self, use_bias, regularizer, freeze_bn, freeze_blocks=(), gamma_regularizer=None):
         self.use_bias = use_bias
         self.regularizer = regularizer
+        self.gamma_regularizer = gamma_regularizer
         self.freeze_bn = freeze_bn
         self.freeze_blocks = set(freeze_blocks)
 
@@ -29,7 +30,7 @@ class LayerFactory:
     def bn(self, name, block):
         # A BN layer with trainable=False also runs in inference mode (Keras 2 semantics).
         return tf.keras.layers.BatchNormalization(
-            name=name, trainable=not self.freeze_bn and block not in self.freeze_blocks)
+            name=name, gamma_regularizer=self.gamma_regularizer, trainable=not self.freeze_bn and block not in self.freeze_blocks)
 
 
 def _sub_block(x, factory, block, letter, filters, strides, bottleneck, projection):

@@ -12,7 +12,7 @@ from frcnn_tf.data.pipeline import InputPipeline, shard_sources
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.model import layers
 from frcnn_tf.model.frcnn import (POSITIVE_FRACTION, RPN_STRIDE, FasterRCNN, ProposalSettings, build_model,
-                                  regression_weights)
+                                  override_regularizers, regression_weights)
 from frcnn_tf.spec.summary import class_names
 from frcnn_tf.train import checkpoints, schedules
 
@@ -140,6 +140,8 @@ def _initial_model(spec, key):
     if training.retrain_pruned_model:
         model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model", key)
         logging.info("retraining the pruned model %s", training.retrain_pruned_model)
+        if not quantize.is_quantized(model):
+            model = override_regularizers(model, training.regularizer, checkpoints.CUSTOM_OBJECTS)
         return FasterRCNN(_with_qat(model, spec, training.retrain_pruned_model)), None, 0, metadata
     model = build_model(spec)
     if training.pretrained_weights:
