@@ -1,4 +1,5 @@
 """Model structure: TLT layer names, options, output shapes."""
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -75,11 +76,16 @@ def test_bn_gamma_l1_and_regulariser_override_for_retraining(tmp_path):
     from frcnn_tf.train import checkpoints
 
     sparse = _spec(tmp_path, [("freeze_bn: true", "freeze_bn: false"),
-                              ("weight: 1e-4", "weight: 1e-4\n      bn_gamma_l1_weight: 0.01")])
+                              ("weight: 1e-4", "weight: 1e-4\n      bn_gamma_l1_weight: 0.01\n"
+                                                "      bn_gamma_polarization: 1.0")])
     model = build_model(sparse)
-    # gamma starts at 1: a BN's loss is 0.01 * its channel count.
+    # gamma starts at 1 (no spread from the mean): a BN's loss is 0.01 * its channel count.
     for name, channels in (("bn_conv1", 64), ("block_2a_bn_shortcut", 128), ("block_4b_bn_2", 512)):
         assert [float(loss) for loss in model.get_layer(name).losses] == [pytest.approx(0.01 * channels)]
+    path = str(tmp_path / "sparse.hdf5")
+    checkpoints.save_model(model, path, {}, include_optimizer=False)
+    assert checkpoints.load_model(path)[0].get_layer("bn_conv1").gamma_regularizer.get_config() == {
+        "weight": pytest.approx(0.01), "polarization": 1.0}
     plain = _spec(tmp_path, [("type: L2", "type: L1"), ("weight: 1e-4", "weight: 0.5")])
     rebuilt = override_regularizers(model, plain.training_config.regularizer, checkpoints.CUSTOM_OBJECTS)
     assert all(bn.gamma_regularizer is None for bn in rebuilt.layers
@@ -90,3 +96,16 @@ def test_bn_gamma_l1_and_regulariser_override_for_retraining(tmp_path):
     kept = _spec(tmp_path, [("type: L2", "type: NO_REG"), ("weight: 1e-4", "weight: 0")])
     assert override_regularizers(model, kept.training_config.regularizer, checkpoints.CUSTOM_OBJECTS).get_layer(
         "block_4a_conv_1").kernel_regularizer.get_config()["l2"] == pytest.approx(1e-4)
+
+
+def test_gamma_polarization_by_hand():
+    from frcnn_tf.model.frcnn import GammaPolarization
+
+    gamma = tf.Variable([1.0, 3.0, -2.0, 0.0])
+    # |gamma| = 1, 3, 2, 0: sum 6, mean 1.5, spread 0.5 + 1.5 + 0.5 + 1.5 = 4.
+    assert float(GammaPolarization(0.1)(gamma)) == pytest.approx(0.6)
+    with tf.GradientTape() as tape:
+        loss = GammaPolarization(0.1, polarization=1.0)(gamma)
+    assert float(loss) == pytest.approx(0.1 * (6 - 4))
+    # Below the mean: pushed to zero at twice the weight; above it: no pressure.
+    np.testing.assert_allclose(tape.gradient(loss, gamma).numpy(), [0.2, 0.0, 0.0, 0.0], atol=1e-7)

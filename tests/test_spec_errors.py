@@ -55,6 +55,8 @@ def _line_of(text, needle):
      "model_config.freeze_blocks: 4 is not a block of resnet:18; allowed: [0, 1, 2, 3]"),
     ("weight: 1e-4", "weight: 1e-4\n    bn_gamma_l1_weight: -0.01", "bn_gamma_l1_weight:",
      "training_config.regularizer.bn_gamma_l1_weight: must be in [0, 1), got -0.01"),
+    ("weight: 1e-4", "weight: 1e-4\n    bn_gamma_polarization: 1.5", "bn_gamma_polarization:",
+     "training_config.regularizer.bn_gamma_polarization: must be in [0, 1], got 1.5"),
     ("type: L2", "type: L3", " L3",
      "unknown value 'L3' (expected one of NO_REG, L1, L2)"),
     ("  use_pooling: false", "  use_poling: false", "use_poling",

@@ -51,9 +51,26 @@ def kernel_regularizer(config):
     return None
 
 
+class GammaPolarization(tf.keras.regularizers.Regularizer):
+    """weight * (sum |g| - polarization * sum | |g| - mean |g| |) over one BN layer's gamma g [C]."""
+
+    def __init__(self, weight, polarization=0.0):
+        self.weight, self.polarization = float(weight), float(polarization)
+
+    def __call__(self, gamma):
+        magnitude = tf.abs(gamma)
+        spread = tf.reduce_sum(tf.abs(magnitude - tf.reduce_mean(magnitude)))
+        return self.weight * (tf.reduce_sum(magnitude) - self.polarization * spread)
+
+    def get_config(self):
+        return {"weight": self.weight, "polarization": self.polarization}
+
+
 def gamma_regularizer(config):
-    """L1 on BatchNorm gamma (RegularizerConfig.bn_gamma_l1_weight), or None."""
-    return tf.keras.regularizers.L1(config.bn_gamma_l1_weight) if config.bn_gamma_l1_weight else None
+    """The BN gamma sparsity penalty of a RegularizerConfig (bn_gamma_*), or None."""
+    if not config.bn_gamma_l1_weight:
+        return None
+    return GammaPolarization(config.bn_gamma_l1_weight, config.bn_gamma_polarization)
 
 
 def override_regularizers(model, regularizer, custom_objects):

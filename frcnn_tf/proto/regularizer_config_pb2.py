@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'frcnn_tf/proto/regularizer_config.proto\x12\x08\x66rcnn_tf\"\xaf\x01\n\x11RegularizerConfig\x12<\n\x04type\x18\x01 \x01(\x0e\x32..frcnn_tf.RegularizerConfig.RegularizationType\x12\x0e\n\x06weight\x18\x02 \x01(\x02\x12\x1a\n\x12\x62n_gamma_l1_weight\x18\x03 \x01(\x02\"0\n\x12RegularizationType\x12\n\n\x06NO_REG\x10\x00\x12\x06\n\x02L1\x10\x01\x12\x06\n\x02L2\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'frcnn_tf/proto/regularizer_config.proto\x12\x08\x66rcnn_tf\"\xce\x01\n\x11RegularizerConfig\x12<\n\x04type\x18\x01 \x01(\x0e\x32..frcnn_tf.RegularizerConfig.RegularizationType\x12\x0e\n\x06weight\x18\x02 \x01(\x02\x12\x1a\n\x12\x62n_gamma_l1_weight\x18\x03 \x01(\x02\x12\x1d\n\x15\x62n_gamma_polarization\x18\x04 \x01(\x02\"0\n\x12RegularizationType\x12\n\n\x06NO_REG\x10\x00\x12\x06\n\x02L1\x10\x01\x12\x06\n\x02L2\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'frcnn_tf.proto.regularizer_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGULARIZERCONFIG']._serialized_start=54
-  _globals['_REGULARIZERCONFIG']._serialized_end=229
-  _globals['_REGULARIZERCONFIG_REGULARIZATIONTYPE']._serialized_start=181
-  _globals['_REGULARIZERCONFIG_REGULARIZATIONTYPE']._serialized_end=229
+  _globals['_REGULARIZERCONFIG']._serialized_end=260
+  _globals['_REGULARIZERCONFIG_REGULARIZATIONTYPE']._serialized_start=212
+  _globals['_REGULARIZERCONFIG_REGULARIZATIONTYPE']._serialized_end=260
 # @@protoc_insertion_point(module_scope)

@@ -194,6 +194,8 @@ def _training(training, c):
         c.check(0 < reg.weight < 1, "regularizer.weight", f"must be in (0, 1) for L1/L2, got {reg.weight:g}")
     c.check(0 <= reg.bn_gamma_l1_weight < 1, "regularizer.bn_gamma_l1_weight",
             f"must be in [0, 1), got {reg.bn_gamma_l1_weight:g}")
+    c.check(0 <= reg.bn_gamma_polarization <= 1, "regularizer.bn_gamma_polarization",
+            f"must be in [0, 1], got {reg.bn_gamma_polarization:g}")
     c.check(training.optimizer.WhichOneof("optim") is not None, "optimizer", "set adam, sgd or rmsprop")
     _learning_rate(training.learning_rate, c.at("learning_rate"))
     if training.resume_from_model:

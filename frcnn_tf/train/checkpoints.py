@@ -16,6 +16,7 @@ from frcnn_tf.errors import FrcnnError
 from frcnn_tf.io_utils import apply_umask
 
 from frcnn_tf.model import layers
+from frcnn_tf.model.frcnn import GammaPolarization
 from frcnn_tf.train import schedules
 
 _EPOCH = re.compile(r"\.epoch_?([0-9]+)\.[^./]+$")
@@ -25,7 +26,8 @@ ENCRYPTED_EXTENSION = ".tlt"
 _MAGIC = b"FRCNNTF1"
 # Registered classes load by their package name; HDF5 optimizer configs name schedules bare.
 CUSTOM_OBJECTS = {cls.__name__: cls for cls in (layers.Proposal, layers.RoiCrop, layers.PerRoi, layers.DetectionOutput,
-                                                schedules.SoftStartAnnealing, schedules.ContinuousStep)}
+                                                schedules.SoftStartAnnealing, schedules.ContinuousStep,
+                                                GammaPolarization)}
 
 
 def checkpoint_path(output_model, epoch):
