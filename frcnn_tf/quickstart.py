@@ -34,6 +34,8 @@ class QuickstartOptions:
     roi_mini_batch: int = 64
     eval_rois: int = 100
     prune_threshold: float = 0.2
+    # BN gamma sparsity (polarization 1) in the float training, so that pruning finds weak channels.
+    sparsity_weight: float = 0.015
     max_steps_per_epoch: int = None
     use_amp: bool = True
     calibration_batches: int = 10  # of 8 images, as TLT's export defaults
@@ -75,6 +77,8 @@ def derive_specs(workdir, data_dir, options, classes):
     training.rpn_mini_batch, training.rpn_pre_nms_top_N, training.rpn_nms_max_boxes = 128, 2000, 300
     training.output_model = os.path.join(workdir, "models", "frcnn_resnet18.hdf5")
     training.optimizer.sgd.lr = training.learning_rate.soft_start.base_lr = 0.01
+    training.regularizer.bn_gamma_l1_weight = options.sparsity_weight
+    training.regularizer.bn_gamma_polarization = 1.0
     training.learning_rate.soft_start.start_lr = 0.001
     for section in (train.evaluation_config, train.inference_config):
         section.rpn_pre_nms_top_N, section.rpn_nms_max_boxes = 1000, options.eval_rois
@@ -88,6 +92,8 @@ def derive_specs(workdir, data_dir, options, classes):
     qat = type(train)()
     qat.CopyFrom(train)
     qat.training_config.enable_qat = True
+    qat.training_config.regularizer.ClearField("bn_gamma_l1_weight")  # retrain the pruned model without it
+    qat.training_config.regularizer.ClearField("bn_gamma_polarization")
     # QAT fine-tunes a trained model: a tenth of the learning rate keeps what it learned.
     qat.training_config.optimizer.sgd.lr = qat.training_config.learning_rate.soft_start.base_lr = 0.001
     qat.training_config.learning_rate.soft_start.start_lr = 0.0001

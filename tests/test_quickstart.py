@@ -7,6 +7,7 @@ import onnx
 
 from frcnn_tf import sample_data
 from frcnn_tf.quickstart import QuickstartOptions, format_summary, run_quickstart
+from frcnn_tf.spec import load_experiment_spec
 
 
 def test_sample_data_is_deterministic_and_labelled(tmp_path):
@@ -37,6 +38,12 @@ def test_whole_workflow_at_tiny_size(tmp_path):
     for key in ("model", "pruned model", "QAT model", "ONNX FP32", "ONNX FP16", "ONNX INT8", "ONNX QAT INT8"):
         assert os.path.isfile(artifacts[key]), key
     assert "skipped: TensorRT is not installed" in rows[-2]["detail"]
+    # The float training pushes channels to zero for pruning; the pruned model retrains without it.
+    regularizers = [load_experiment_spec(os.path.join(artifacts["specs"], name)).training_config.regularizer
+                    for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt")]
+    assert (regularizers[0].bn_gamma_l1_weight, regularizers[0].bn_gamma_polarization) == (
+        np.float32(options.sparsity_weight), 1.0)
+    assert regularizers[1].bn_gamma_l1_weight == 0
     onnx.checker.check_model(onnx.load(artifacts["ONNX FP32"]))
     keras_map = next(r["map"] for r in rows if r["stage"] == "evaluate (Keras FP32)")
     onnx_map = next(r["map"] for r in rows if r["stage"] == "evaluate (onnxruntime FP32)")
