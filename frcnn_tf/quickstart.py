@@ -29,7 +29,7 @@ class QuickstartOptions:
     image_height: int = 192
     image_width: int = 320
     epochs: int = 6
-    qat_epochs: int = 2
+    qat_epochs: int = 4
     batch_size: int = 4
     roi_mini_batch: int = 64
     eval_rois: int = 100

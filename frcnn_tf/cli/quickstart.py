@@ -7,7 +7,7 @@ flags.DEFINE_string("workdir", "workdir", "Where data, specs, models and reports
 flags.DEFINE_string("data_dir", None, "A KITTI folder (images/, labels/) to use instead of generated data.")
 flags.DEFINE_integer("num_images", 300, "Generated sample images.")
 flags.DEFINE_integer("epochs", 6, "Training epochs.")
-flags.DEFINE_integer("qat_epochs", 2, "QAT retraining epochs.")
+flags.DEFINE_integer("qat_epochs", 4, "QAT retraining epochs.")
 flags.DEFINE_integer("max_steps_per_epoch", None, "Cap on steps per epoch (smoke runs).")
 flags.DEFINE_integer("image_height", 192, "Network input height (px).")
 flags.DEFINE_integer("image_width", 320, "Network input width (px).")
