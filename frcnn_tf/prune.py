@@ -22,6 +22,7 @@ from absl import logging
 
 from frcnn_tf import quantize
 from frcnn_tf.errors import FrcnnError
+from frcnn_tf.io_utils import refuse_to_overwrite
 
 EQUALIZATIONS = {"union": np.max, "intersection": np.min, "arithmetic_mean": np.mean,
                  "geometric_mean": lambda stats, axis: np.exp(np.mean(np.log(np.maximum(stats, 1e-12)), axis=axis))}
@@ -230,12 +231,9 @@ def run_prune(model_path, output_path, options, overwrite=False, key=None):
     """Prunes a model file into `output_path` (HDF5, metadata includes the table); returns the table.
 
     key: for .tlt input/output files."""
-    import os
-
     from frcnn_tf.train import checkpoints
 
-    if os.path.exists(output_path) and not overwrite:
-        raise FrcnnError(f"{output_path}: exists; choose another -o or pass --overwrite")
+    refuse_to_overwrite([output_path], overwrite, "another -o")
     model, metadata = checkpoints.load_model(model_path, key=key)
     pruned, table = prune_model(model, options, checkpoints.CUSTOM_OBJECTS)
     before, after = model.count_params(), pruned.count_params()
