@@ -15,14 +15,14 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from frcnn_tf.model.frcnn import FasterRCNN, ProposalSettings
-from frcnn_tf.prune import PruneOptions, prune_model
+from frcnn_tf.prune import SCORES, PruneOptions, prune_model
 from frcnn_tf.spec import load_experiment_spec
 from frcnn_tf.train import checkpoints
 
 flags.DEFINE_string("model", None, "Trained model (.hdf5).", short_name="m")
 flags.DEFINE_string("experiment_spec", None, "Spec; its evaluation_config sets the RoI count.", short_name="e")
 flags.DEFINE_list("thresholds", ["0.1", "0.2", "0.4"], "Pruning thresholds (-pth).")
-flags.DEFINE_enum("score", "bn_folded", ["bn_folded", "kernel"], "Filter score (prune's --score).")
+flags.DEFINE_enum("score", "bn_folded", list(SCORES), "Filter score (prune's --score).")
 flags.DEFINE_integer("runs", 5, "Timed inference runs (after one warm-up).")
 flags.mark_flags_as_required(["model", "experiment_spec"])
 FLAGS = flags.FLAGS
@@ -68,15 +68,16 @@ def main(argv):
             "s_per_image": round(seconds_per_image(model, spec, FLAGS.runs), 3)}
     rows = []
     for threshold in (float(t) for t in FLAGS.thresholds):
-        pruned, _ = prune_model(model, PruneOptions(threshold=threshold, score=FLAGS.score), checkpoints.CUSTOM_OBJECTS)
+        options = PruneOptions(threshold=threshold, score=FLAGS.score)
+        pruned, _ = prune_model(model, options, checkpoints.CUSTOM_OBJECTS)
         row = {"threshold": threshold, "params": pruned.count_params(), "gmacs": round(macs(pruned, rois) / 1e9, 2),
                "s_per_image": round(seconds_per_image(pruned, spec, FLAGS.runs), 3)}
         row["params_ratio"] = round(row["params"] / base["params"], 3)
         row["speedup"] = round(base["s_per_image"] / row["s_per_image"], 2)
         rows.append(row)
     print(json.dumps({"benchmark": "prune_speed", "model": FLAGS.model, "input": list(model.input_shape[1:]),
-                      "rois": rois, "score": FLAGS.score, "cpus": os.cpu_count(), "machine": platform.machine(), "unpruned": base,
-                      "pruned": rows}, indent=2))
+                      "rois": rois, "score": FLAGS.score, "cpus": os.cpu_count(), "machine": platform.machine(),
+                      "unpruned": base, "pruned": rows}, indent=2))
 
 
 if __name__ == "__main__":

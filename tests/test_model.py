@@ -76,8 +76,8 @@ def test_bn_gamma_l1_and_regulariser_override_for_retraining(tmp_path):
     from frcnn_tf.train import checkpoints
 
     sparse = _spec(tmp_path, [("freeze_bn: true", "freeze_bn: false"),
-                              ("weight: 1e-4", "weight: 1e-4\n      bn_gamma_l1_weight: 0.01\n"
-                                                "      bn_gamma_polarization: 1.0")])
+                              ("weight: 1e-4",
+                               "weight: 1e-4\n      bn_gamma_l1_weight: 0.01\n      bn_gamma_polarization: 1.0")])
     model = build_model(sparse)
     # gamma starts at 1 (no spread from the mean): a BN's loss is 0.01 * its channel count.
     for name, channels in (("bn_conv1", 64), ("block_2a_bn_shortcut", 128), ("block_4b_bn_2", 512)):

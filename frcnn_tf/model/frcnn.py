@@ -77,8 +77,9 @@ def override_regularizers(model, regularizer, custom_objects):
     """`model` rebuilt with the spec's regularisers, for retraining a pruned model.
 
     As TLT: an L1/L2 `type` replaces the kernel regulariser of every conv/dense
-    layer, NO_REG keeps the saved ones. The BN gamma L1 term is always the spec's
-    (0 removes it), so a model pruned after sparsity training retrains without it.
+    layer, NO_REG keeps the saved ones. The BN gamma sparsity term is always the
+    spec's (weight 0 removes it), so a model pruned after sparsity training retrains
+    without it.
     """
     kernel, gamma = kernel_regularizer(regularizer), gamma_regularizer(regularizer)
     config = model.get_config()

@@ -30,7 +30,8 @@ class LayerFactory:
     def bn(self, name, block):
         # A BN layer with trainable=False also runs in inference mode (Keras 2 semantics).
         return tf.keras.layers.BatchNormalization(
-            name=name, gamma_regularizer=self.gamma_regularizer, trainable=not self.freeze_bn and block not in self.freeze_blocks)
+            name=name, gamma_regularizer=self.gamma_regularizer,
+            trainable=not self.freeze_bn and block not in self.freeze_blocks)
 
 
 def _sub_block(x, factory, block, letter, filters, strides, bottleneck, projection):
