@@ -87,3 +87,24 @@ def small_training_spec(path, records_dir, image_dir, output_model, epochs=1, ex
         ("rpn_pre_nms_top_N: 6000\n  rpn_nms_max_boxes: 300", "rpn_pre_nms_top_N: 500\n  rpn_nms_max_boxes: 32"),
         ("scale: 64.0\n    scale: 128.0\n    scale: 256.0", "scale: 16.0\n    scale: 32.0\n    scale: 64.0"),
         *extra])
+
+
+def tiny_dataset(root, count=12, size=(64, 48)):
+    """`count` PNG frames with one 'car' box each (placed by index) under root/images, root/labels."""
+    frames = {f"{i:06d}": [kitti_line("car", (4 + i % 5 * 4, 4 + i % 3 * 3, 36 + i % 5 * 4, 30 + i % 3 * 3))]
+              for i in range(count)}
+    return make_kitti(root, frames, size=size)
+
+
+def tiny_training_spec(path, tfrecords, image_dir, output_model, epochs=1, extra=()):
+    """ResNet10 at 32x48 on tiny_dataset records: the fastest spec that trains, evaluates and infers."""
+    return write_experiment_spec(path, tfrecords, image_dir, {"car": "car"}, height=32, width=48, extension="png",
+                                 replace=[
+        ('output_model: "../workdir/models/frcnn_resnet18.hdf5"', f'output_model: "{output_model}"'),
+        ('arch: "resnet:18"', 'arch: "resnet:10"'), ("freeze_blocks: 0\n  freeze_blocks: 1\n", ""),
+        ("batch_size_per_gpu: 8", "batch_size_per_gpu: 2"), ("num_epochs: 12", f"num_epochs: {epochs}"),
+        ("rpn_mini_batch: 256", "rpn_mini_batch: 16"), ("roi_mini_batch: 256", "roi_mini_batch: 8"),
+        ("rpn_pre_nms_top_N: 12000", "rpn_pre_nms_top_N: 100"), ("rpn_nms_max_boxes: 2000", "rpn_nms_max_boxes: 16"),
+        ("rpn_pre_nms_top_N: 6000\n  rpn_nms_max_boxes: 300", "rpn_pre_nms_top_N: 100\n  rpn_nms_max_boxes: 16"),
+        ("scale: 64.0\n    scale: 128.0\n    scale: 256.0", "scale: 16.0\n    scale: 32.0"),
+        *extra])

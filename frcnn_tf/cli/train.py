@@ -8,6 +8,7 @@ flags.DEFINE_string("results_dir", None, "Where checkpoints go when the spec has
 flags.DEFINE_integer("gpus", 1, "GPUs to train on (MirroredStrategy when > 1).")
 flags.DEFINE_bool("use_amp", False, "Mixed precision: bfloat16 compute on CPU, float16 on GPU.")
 flags.DEFINE_integer("max_steps_per_epoch", None, "Cap on steps per epoch (smoke tests).")
+flags.DEFINE_bool("overwrite", False, "Replace the checkpoints of an earlier run with the same output_model.")
 flags.mark_flag_as_required("experiment_spec")
 flags.DEFINE_string("key", None, "Key of .tlt model files (default: the spec's enc_key).", short_name="k")
 FLAGS = flags.FLAGS
@@ -18,7 +19,7 @@ def main(argv):
     from frcnn_tf.train.trainer import run_train
 
     result = run_train(FLAGS.experiment_spec, FLAGS.results_dir, FLAGS.gpus, FLAGS.max_steps_per_epoch,
-                       FLAGS.use_amp, FLAGS.key)
+                       FLAGS.use_amp, FLAGS.key, FLAGS.overwrite)
     for path in result["checkpoints"]:
         print(f"checkpoint: {path}")
     return 0

@@ -13,20 +13,35 @@ M is `max_objects_num_per_image`. Images are placed on the H x W canvas by
 keeping their aspect ratio and padding bottom/right (`enable_auto_resize`
 stretches instead), so training, evaluation and inference share one geometry.
 """
+import contextlib
 import glob
 import os
 
 import tensorflow as tf
+from absl import logging
 
 from frcnn_tf.data import augment, records
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.proto import input_image_pb2
 
 
+# Formats tf.io.decode_image reads (PIL's names, lower case).
+DECODABLE_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
+
+
 def decode_image(data):
     """Encoded JPEG/PNG bytes -> RGB float32 [h, w, 3] in [0, 1]."""
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def image_problem(path, data=None):
+    """`PATH: unreadable image (why)` when the file (or its embedded bytes `data`) does not decode, else None."""
+    try:
+        decode_image(tf.io.read_file(path) if data is None else data)
+    except tf.errors.OpError as err:
+        return f"{path}: unreadable image ({err.message.splitlines()[0]})"
+    return None
 
 
 def class_ids(dataset_config):
@@ -36,7 +51,14 @@ def class_ids(dataset_config):
 
 
 def _glob(pattern):
-    files = sorted(glob.glob(pattern))
+    """The TFRecord files matching `pattern`; other files (dataset_convert's JSON beside its shards, which
+    TLT-style globs such as `dir/*` match) are ignored with a warning."""
+    files = []
+    for path in sorted(glob.glob(pattern)):
+        if records.is_tfrecord_file(path):
+            files.append(path)
+        else:
+            logging.warning("%s: not a TFRecord file; ignored (it matches tfrecords_path %s)", path, pattern)
     if not files:
         raise FrcnnError(f"{pattern}: no TFRecord file matches this tfrecords_path; run dataset_convert first")
     return files
@@ -152,13 +174,60 @@ class InputPipeline:
             "original_size": original_size,
         }
 
+    # ---- checks of the image files -----------------------------------------------------
+    def _images(self, training):
+        """(image path, embedded bytes or b"") of every record of the split; a corrupt shard is an FrcnnError."""
+        extension = self.dataset_config.image_extension
+        keys = {records.FRAME_ID: records.PARSE_SPEC[records.FRAME_ID],
+                records.ENCODED: records.PARSE_SPEC[records.ENCODED]}
+        for files, image_directory in shard_sources(self.dataset_config, training):
+            for path in files:
+                try:
+                    for batch in tf.data.TFRecordDataset(path).batch(1024).map(
+                            lambda s: tf.io.parse_example(s, keys)):
+                        for frame_id, encoded in zip(batch[records.FRAME_ID].numpy(),
+                                                     batch[records.ENCODED].numpy()):
+                            yield os.path.join(image_directory, f"{frame_id.decode()}.{extension}"), encoded
+                except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+                    raise FrcnnError(f"{path}: damaged TFRecord file ({err.message.splitlines()[0]}); "
+                                     "rerun dataset_convert") from None
+
+    def check_images(self, training):
+        """FrcnnError naming the first missing image file of the split (records without embedded images)."""
+        total, missing = 0, []
+        for path, encoded in self._images(training):
+            total += 1
+            if not encoded and not os.path.isfile(path):
+                missing.append(path)
+        if missing:
+            split = "training" if training else "validation"
+            raise FrcnnError(f"{missing[0]}: image not found ({len(missing)} of the {total} {split} images are "
+                             "missing); check dataset_config image_directory_path and image_extension")
+
+    @contextlib.contextmanager
+    def naming_bad_input(self, training):
+        """Turns a TensorFlow error while the split is read into an FrcnnError naming the file at fault.
+
+        The file is found by decoding the split's images one by one, only once reading has failed;
+        errors no file explains are raised unchanged.
+        """
+        try:
+            yield
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError):
+            for path, encoded in self._images(training):
+                problem = image_problem(path, encoded or None)
+                if problem:
+                    raise FrcnnError(f"{problem}; fix or remove it, then rerun dataset_convert") from None
+            raise
+
     # ---- datasets ----------------------------------------------------------------------
-    def dataset(self, training, batch_size, repeat=False, shuffle_buffer=256):
+    def dataset(self, training, batch_size, repeat=False, shuffle_buffer=256, start=0):
         """Batched dataset of the training or validation split.
 
         Training data is shuffled (seeded, reshuffled each pass) and, if `repeat`,
         repeated forever; augmentation seeds come from the running example index,
-        so every pass differs and the whole stream is reproducible.
+        so every pass differs and the whole stream is reproducible. `start` skips that
+        many examples of the stream (a resumed run continues where the first one stopped).
         """
         parts = []
         for files, image_directory in shard_sources(self.dataset_config, training):
@@ -171,7 +240,7 @@ class InputPipeline:
             data = data.shuffle(shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
         if repeat:
             data = data.repeat()
-        data = data.enumerate().map(
+        data = data.skip(start).enumerate(start).map(
             lambda index, item: self._example(index, item[0], item[1], training),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.canvas is None:

@@ -3,6 +3,9 @@
 Records written here read in TLT and the other way round. `frame/encoded` and
 `frame/format` are frcnn_tf additions (optional embedded image bytes).
 """
+import os
+import struct
+
 import tensorflow as tf
 
 FRAME_ID = "frame/id"
@@ -72,3 +75,27 @@ def parse_example(serialized):
     dense = {key: tf.sparse.to_dense(value) if isinstance(value, tf.sparse.SparseTensor) else value
              for key, value in parsed.items()}
     return dense
+
+
+def _crc32c(data):
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+def is_tfrecord_file(path):
+    """True for a regular file in TFRecord framing: empty, or starting with a length whose masked CRC-32C matches."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+    if not head:
+        return True
+    if len(head) < 12:
+        return False
+    crc = _crc32c(head[:8])
+    masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    return struct.unpack("<I", head[8:])[0] == masked

@@ -2,10 +2,11 @@
 
 Checkpoints are named like TLT 3.0: `<stem>.epoch<N><ext>` beside `output_model`.
 """
+import contextlib
+import io
 import json
 import os
 import re
-import tempfile
 import warnings
 
 import h5py
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from frcnn_tf import quantize
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.io_utils import apply_umask
+from frcnn_tf.io_utils import atomic_output
 
 from frcnn_tf.model import layers
 from frcnn_tf.model.frcnn import GammaPolarization
@@ -88,17 +89,13 @@ def _require_key(path, key):
 
 
 def save_model(model, path, metadata, include_optimizer=True, key=None):
-    """Saves model (+ optimizer) and metadata JSON to `path` via a temporary file and rename.
+    """Saves model (+ optimizer) and metadata JSON to `path` atomically (io_utils.atomic_output).
 
     A `.tlt` path is encrypted with `key`.
     """
     check_model_path(path, "the model file")
     _require_key(path, key)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_output(path) as temp_path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": it is TLT's format
             model.save(temp_path, save_format="h5", include_optimizer=include_optimizer)
@@ -111,11 +108,6 @@ def save_model(model, path, metadata, include_optimizer=True, key=None):
                 data = encrypt(plain.read(), key)
             with open(temp_path, "wb") as sealed:
                 sealed.write(data)
-        apply_umask(temp_path)
-        os.replace(temp_path, path)
-    finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
 
 
 def _float32_compute(config):
@@ -130,29 +122,40 @@ def _float32_compute(config):
     return config
 
 
-def load_model(path, purpose="model", key=None):
-    """(Keras model with its optimizer if saved, metadata dict); `.tlt` files are decrypted with `key`."""
+@contextlib.contextmanager
+def open_model_file(path, purpose="model", key=None):
+    """The model file as an open h5py.File; a `.tlt` file is decrypted in memory (no plaintext on disk)."""
     check_model_path(path, purpose)
     if not os.path.isfile(path):
         raise FrcnnError(f"{path}: {purpose} not found")
     _require_key(path, key)
-    plain_path = path
     try:
         if path.endswith(ENCRYPTED_EXTENSION):
             with open(path, "rb") as sealed:
-                data = decrypt(sealed.read(), key, path)
-            handle, plain_path = tempfile.mkstemp(suffix=".hdf5")
-            with os.fdopen(handle, "wb") as plain:
-                plain.write(data)
-        with h5py.File(plain_path, "r") as h5:
-            metadata = json.loads(h5.attrs.get(METADATA_KEY, "{}"))
-        with quantize.quantize_scope(CUSTOM_OBJECTS):  # QAT models need tfmot's classes
-            model = tf.keras.models.load_model(plain_path, custom_objects=CUSTOM_OBJECTS, compile=True)
-    except (OSError, ValueError, KeyError) as err:
-        raise FrcnnError(f"{path}: cannot load the {purpose} ({err})") from None
-    finally:
-        if plain_path != path and os.path.exists(plain_path):
-            os.remove(plain_path)
+                h5 = h5py.File(io.BytesIO(decrypt(sealed.read(), key, path)), "r")
+        else:
+            h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise FrcnnError(f"{path}: cannot read the {purpose} ({err})") from None
+    with h5:
+        yield h5
+
+
+def load_model(path, purpose="model", key=None):
+    """(Keras model with its optimizer if saved, metadata dict); `.tlt` files are decrypted with `key`.
+
+    Only files written by frcnn_tf (train, prune) load: they carry the frcnn_tf metadata.
+    """
+    with open_model_file(path, purpose, key) as h5:
+        if METADATA_KEY not in h5.attrs:
+            raise FrcnnError(f"{path}: not an frcnn_tf model (no {METADATA_KEY} metadata); the {purpose} must be "
+                             "a file written by frcnn_tf train or prune")
+        try:
+            metadata = json.loads(h5.attrs[METADATA_KEY])
+            with quantize.quantize_scope(CUSTOM_OBJECTS):  # QAT models need tfmot's classes
+                model = tf.keras.models.load_model(h5, custom_objects=CUSTOM_OBJECTS, compile=True)
+        except (OSError, ValueError, KeyError) as err:
+            raise FrcnnError(f"{path}: cannot load the {purpose} ({err})") from None
     return model, metadata
 
 
@@ -161,20 +164,8 @@ def load_matching_weights(model, path, key=None):
 
     Returns {layer name: 'loaded' | 'shape mismatch' | 'not in file'} for layers with weights.
     """
-    check_model_path(path, "pretrained_weights")
-    if not os.path.isfile(path):
-        raise FrcnnError(f"{path}: pretrained_weights not found")
-    if path.endswith(ENCRYPTED_EXTENSION):
-        source, _ = load_model(path, "pretrained_weights", key)
-        handle, plain = tempfile.mkstemp(suffix=".hdf5")
-        os.close(handle)
-        try:
-            save_model(source, plain, {}, include_optimizer=False)
-            return load_matching_weights(model, plain)
-        finally:
-            os.remove(plain)
     status = {}
-    with h5py.File(path, "r") as h5:
+    with open_model_file(path, "pretrained_weights", key) as h5:
         group = h5["model_weights"] if "model_weights" in h5 else h5
         for layer in model.layers:
             if not layer.weights:

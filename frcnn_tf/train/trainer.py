@@ -1,4 +1,5 @@
 """The training loop: data -> targets -> losses -> optimizer, checkpoints each epoch."""
+import glob
 import math
 import os
 
@@ -10,6 +11,7 @@ from frcnn_tf import boxes as box_ops
 from frcnn_tf import losses, quantize, targets
 from frcnn_tf.data.pipeline import InputPipeline, shard_sources
 from frcnn_tf.errors import FrcnnError
+from frcnn_tf.io_utils import refuse_to_overwrite, remove_stale_temporaries
 from frcnn_tf.model import layers
 from frcnn_tf.model.frcnn import (POSITIVE_FRACTION, RPN_STRIDE, FasterRCNN, ProposalSettings, build_model,
                                   override_regularizers, regression_weights)
@@ -34,10 +36,12 @@ class TrainStep:
         scaling = training.std_scaling or 1.0
         self.rpn_weights = (scaling,) * 4  # the Proposal layer divides predictions by std_scaling
         self.step = tf.function(self._distributed_step)
+        self.losses = tf.function(self._distributed_losses)
 
-    def _losses(self, images, gt_boxes, gt_classes, seed):
+    def _losses(self, images, gt_boxes, gt_classes, seed, training_mode=True):
         frcnn, training = self.frcnn, self.training
-        features, rpn_logits, rpn_deltas = [tf.cast(t, tf.float32) for t in frcnn.backbone_rpn(images, training=True)]
+        features, rpn_logits, rpn_deltas = [tf.cast(t, tf.float32)
+                                            for t in frcnn.backbone_rpn(images, training=training_mode)]
         shape, image_shape = tf.shape(rpn_logits), tf.shape(images)
         height, width = image_shape[1], image_shape[2]
         anchors = box_ops.anchor_boxes(shape[1], shape[2], RPN_STRIDE, self.anchor_scales, self.anchor_ratios)
@@ -55,7 +59,7 @@ class TrainStep:
             training.classifier_min_overlap, training.classifier_max_overlap, self.roi_mini_batch,
             POSITIVE_FRACTION, training.gt_as_roi, seed + [0, 7], self.rcnn_weights)
         crops = layers.crop_rois(features, rois, RPN_STRIDE, frcnn.crop_size)
-        class_logits, deltas = [tf.cast(t, tf.float32) for t in frcnn.head(crops, training=True)]
+        class_logits, deltas = [tf.cast(t, tf.float32) for t in frcnn.head(crops, training=training_mode)]
         class_logits = tf.reshape(class_logits, [batch, self.roi_mini_batch, -1])
         deltas = tf.reshape(deltas, [batch, self.roi_mini_batch, -1])
         values = {
@@ -89,6 +93,12 @@ class TrainStep:
     def _distributed_step(self, batch, seed):
         values = self.strategy.run(self._replica_step,
                                    args=(batch["images"], batch["boxes"], batch["classes"], seed))
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in values.items()}
+
+    def _distributed_losses(self, batch, seed):
+        """The losses of the current weights in inference mode, without a training step."""
+        values = self.strategy.run(self._losses, args=(batch["images"], batch["boxes"], batch["classes"], seed),
+                                   kwargs={"training_mode": False})
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in values.items()}
 
 
@@ -129,16 +139,19 @@ def _with_qat(model, spec, source):
     return model
 
 
-def _initial_model(spec, key):
+def _initial_model(spec, enc_key):
     """(FasterRCNN, optimizer or None, first epoch index, metadata of the start model)."""
     training = spec.training_config
     if training.resume_from_model:
-        model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model", key)
+        model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model", enc_key)
         epoch = checkpoints.epoch_of(training.resume_from_model)
+        if epoch >= training.num_epochs:
+            raise FrcnnError(f"{training.resume_from_model}: the run is finished (epoch {epoch} of num_epochs "
+                             f"{training.num_epochs}); raise training_config.num_epochs to train further")
         logging.info("resuming from %s at epoch %d", training.resume_from_model, epoch + 1)
         return FasterRCNN(_with_qat(model, spec, training.resume_from_model)), model.optimizer, epoch, metadata
     if training.retrain_pruned_model:
-        model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model", key)
+        model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model", enc_key)
         logging.info("retraining the pruned model %s", training.retrain_pruned_model)
         if not quantize.is_quantized(model):
             model = override_regularizers(model, training.regularizer, checkpoints.CUSTOM_OBJECTS)
@@ -146,7 +159,7 @@ def _initial_model(spec, key):
     model = build_model(spec)
     if training.pretrained_weights:
         _log_weight_loading(training.pretrained_weights,
-                            checkpoints.load_matching_weights(model, training.pretrained_weights, key))
+                            checkpoints.load_matching_weights(model, training.pretrained_weights, enc_key))
     return FasterRCNN(_with_qat(model, spec, "the new model")), None, 0, {}
 
 
@@ -198,92 +211,136 @@ def build_training_optimizer(training, total_steps):
     return optimizer
 
 
-def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_amp=False, key=None):
+def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_amp=False, key=None,
+          overwrite=False):
     """Trains per the validated experiment spec; returns {'checkpoints': [...], 'history': [...]}.
 
     max_steps_per_epoch caps the steps of each epoch (for smoke tests and benchmarks).
     use_amp computes in 16-bit floats (variables stay float32; see amp_policy).
     key: for .tlt model files (default: the spec's enc_key).
+    overwrite: replace the checkpoints of an earlier run with the same output_model (a resumed
+    run continues its own run and needs no overwrite).
     """
     if use_amp and spec.training_config.enable_qat:
         raise FrcnnError("--use_amp and enable_qat do not combine: QAT simulates int8 on float32")
     previous_policy = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(amp_policy() if use_amp else "float32")
     try:
-        return _train(spec, results_dir, strategy, max_steps_per_epoch, checkpoints.model_key(spec, key))
+        return _train(spec, results_dir, strategy, max_steps_per_epoch, checkpoints.model_key(spec, key), overwrite)
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(spec, results_dir, strategy, max_steps_per_epoch, key):
+def _check_output_model(output_model, training, overwrite):
+    """Refuses the checkpoints of another run at output_model; removes temporaries of killed runs."""
+    checkpoints.check_model_path(output_model, "training_config.output_model")
+    stem, extension = os.path.splitext(output_model)
+    remove_stale_temporaries(stem)
+    if not training.resume_from_model:
+        earlier = sorted(glob.glob(f"{glob.escape(stem)}.epoch*{glob.escape(extension)}"))
+        refuse_to_overwrite(earlier, overwrite, "another output_model, resume that run with resume_from_model,")
+
+
+def _diverged(what, last_good):
+    return FrcnnError(f"{what}; training stopped (last good checkpoint: {last_good or 'none written'}); "
+                      "lower the learning rate")
+
+
+def _save_checkpoint(frcnn, step, batch, seed, path, metadata, enc_key, last_good, epoch):
+    """Saves the epoch's checkpoint if its weights are finite and give a finite loss on the epoch's last batch."""
+    values = {name: float(value) for name, value in step.losses(batch, seed).items()}
+    weights_finite = all(np.isfinite(w.numpy()).all() for w in frcnn.model.weights)
+    if not weights_finite:
+        raise _diverged(f"the weights became non-finite at the end of epoch {epoch} (not saved as {path})",
+                        last_good)
+    if not math.isfinite(values["total"]):
+        raise _diverged(f"the loss of the weights at the end of epoch {epoch} became {values['total']} "
+                        f"(not saved as {path})", last_good)
+    try:
+        checkpoints.save_model(frcnn.model, path, {**metadata, "epoch": epoch}, key=enc_key)
+    except OSError as err:
+        raise FrcnnError(f"{path}: cannot write the checkpoint ({err}); last good checkpoint: "
+                         f"{last_good or 'none written'}") from None
+    logging.info("saved %s", path)
+
+
+def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite):
     training = spec.training_config
     strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(spec.random_seed)
     output_model = _output_model(spec, results_dir)
-    checkpoints.check_model_path(output_model, "training_config.output_model")
+    _check_output_model(output_model, training, overwrite)
     pipeline = InputPipeline(spec)
     train_files = [f for files, _ in shard_sources(spec.dataset_config, training=True) for f in files]
     num_images = count_records(train_files)
     batch_size = training.batch_size_per_gpu * strategy.num_replicas_in_sync
     if num_images < batch_size:
         raise FrcnnError(f"{train_files[0]}: {num_images} training images, fewer than one batch of {batch_size}")
+    validation_period = spec.evaluation_config.validation_period_during_training if spec.HasField(
+        "evaluation_config") else 0
+    pipeline.check_images(training=True)
+    if validation_period:
+        pipeline.check_images(training=False)
     steps = max(num_images // batch_size, 1)
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
     total_steps = steps * training.num_epochs
 
     with strategy.scope():
-        frcnn, saved_optimizer, first_epoch, metadata = _initial_model(spec, key)
+        frcnn, saved_optimizer, first_epoch, metadata = _initial_model(spec, enc_key)
         frcnn.configure_proposals(ProposalSettings.of(training))
         optimizer = build_training_optimizer(training, total_steps)
         if saved_optimizer is not None:
             _restore_optimizer_state(optimizer, saved_optimizer, frcnn.model.trainable_variables)
         frcnn.model.compile(optimizer=optimizer)  # saved with the model for resume
         step = TrainStep(spec, frcnn, optimizer, strategy)
-    data = strategy.experimental_distribute_dataset(pipeline.dataset(training=True, batch_size=batch_size,
-                                                                     repeat=True))
+    data = strategy.experimental_distribute_dataset(pipeline.dataset(
+        training=True, batch_size=batch_size, repeat=True, start=int(optimizer.iterations.numpy()) * batch_size))
     iterator = iter(data)
     writer = tf.summary.create_file_writer(os.path.join(os.path.dirname(output_model), "logs"))
     metadata = {**metadata, "arch": spec.model_config.arch, "class_names": class_names(spec.dataset_config),
                 "regression_weights": list(regression_weights(training)), "qat": bool(training.enable_qat)}
-    validation_period = spec.evaluation_config.validation_period_during_training if spec.HasField(
-        "evaluation_config") else 0
     saved, history = [], []
+    last_good = training.resume_from_model
     for epoch in range(first_epoch, training.num_epochs):
         logging.info("epoch %d/%d", epoch + 1, training.num_epochs)
         progress = tf.keras.utils.Progbar(steps, stateful_metrics=LOSS_NAMES + ("lr",))
         sums = dict.fromkeys(LOSS_NAMES, 0.0)
         for index in range(steps):
             global_step = int(optimizer.iterations.numpy())
-            values = {k: float(v) for k, v in step.step(next(iterator), tf.constant([spec.random_seed,
-                                                                                    global_step], tf.int64)).items()}
+            seed = tf.constant([spec.random_seed, global_step], tf.int64)
+            with pipeline.naming_bad_input(training=True):
+                batch = next(iterator)
+            values = {name: float(value) for name, value in step.step(batch, seed).items()}
             if not all(math.isfinite(v) for v in values.values()):
-                last = saved[-1] if saved else (training.resume_from_model or "none written")
-                raise FrcnnError(f"the loss became {values['total']} at epoch {epoch + 1}, step {index + 1}; "
-                                 f"training stopped (last good checkpoint: {last}); lower the learning rate")
+                raise _diverged(f"the loss became {values['total']} at epoch {epoch + 1}, step {index + 1}",
+                                last_good)
             lr = float(optimizer.learning_rate(global_step)) if callable(optimizer.learning_rate) else float(
                 optimizer.learning_rate)
-            for key in LOSS_NAMES:
-                sums[key] += values[key]
-            progress.update(index + 1, [(k, values[k]) for k in LOSS_NAMES] + [("lr", lr)])
+            for name in LOSS_NAMES:
+                sums[name] += values[name]
+            progress.update(index + 1, [(name, values[name]) for name in LOSS_NAMES] + [("lr", lr)])
             with writer.as_default(step=global_step):
-                for key in LOSS_NAMES:
-                    tf.summary.scalar(f"loss/{key}", values[key])
+                for name in LOSS_NAMES:
+                    tf.summary.scalar(f"loss/{name}", values[name])
                 tf.summary.scalar("learning_rate", lr)
-        epoch_losses = {k: v / steps for k, v in sums.items()}
-        history.append({"epoch": epoch + 1, **epoch_losses})
-        if validation_period and (epoch + 1) % validation_period == 0:
-            history[-1]["validation_map"] = _validate(spec, frcnn, metadata, writer, epoch + 1)
+        history.append({"epoch": epoch + 1, **{name: total / steps for name, total in sums.items()}})
         if (epoch + 1) % training.checkpoint_interval == 0 or epoch + 1 == training.num_epochs:
             path = checkpoints.checkpoint_path(output_model, epoch + 1)
-            checkpoints.save_model(frcnn.model, path, {**metadata, "epoch": epoch + 1}, key=key)
+            _save_checkpoint(frcnn, step, batch, seed, path, metadata, enc_key, last_good, epoch + 1)
             saved.append(path)
-            logging.info("saved %s", path)
+            last_good = path
+        if validation_period and (epoch + 1) % validation_period == 0:
+            try:
+                history[-1]["validation_map"] = _validate(spec, frcnn, metadata, writer, epoch + 1)
+            except FrcnnError as err:
+                logging.error("validation after epoch %d failed, training continues: %s", epoch + 1, err)
     writer.flush()
     return {"checkpoints": saved, "history": history}
 
 
-def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use_amp=False, key=None):
+def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use_amp=False, key=None,
+              overwrite=False):
     """Loads and validates the spec, then trains; returns train()'s result."""
     from frcnn_tf.spec import parse_experiment_spec
     from frcnn_tf.spec.validate import require_section
@@ -297,4 +354,4 @@ def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use
         if len(visible) < gpus:
             raise FrcnnError(f"--gpus {gpus} asked for, but {len(visible)} GPUs are visible")
         strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
-    return train(spec, results_dir, strategy, max_steps_per_epoch, use_amp, key)
+    return train(spec, results_dir, strategy, max_steps_per_epoch, use_amp, key, overwrite)
