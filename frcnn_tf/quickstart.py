@@ -185,7 +185,7 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
         info = stages.run(f"export ONNX {label}", run_export, spec, source, path, data_type, overwrite=True,
                           int8=Int8Options(batches=options.calibration_batches))
         if data_type == "int8":
-            stages.note(detail=f"cache {info['cal_cache_file']} ({info['calibrator']})")
+            stages.note(detail=f"cache {info['cal_cache_file']} ({info['cal_cache_header']})")
         result = stages.run(f"evaluate (onnxruntime {label})", run_evaluate, spec, path)
         stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result))
         exports[f"ONNX {label}"] = path

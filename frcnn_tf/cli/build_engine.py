@@ -11,7 +11,10 @@ flags.DEFINE_integer("min_batch_size", 1, "Smallest batch of the optimization pr
 flags.DEFINE_integer("opt_batch_size", 1, "Batch the engine is tuned for.")
 flags.DEFINE_integer("max_batch_size", 1, "Largest batch of the optimization profile.")
 flags.DEFINE_integer("workspace_size", 1024, "Builder workspace in MiB.", short_name="w")
-flags.DEFINE_bool("strongly_typed", None, "Strongly typed network (default: yes on TensorRT >= 11, no on 10).")
+flags.DEFINE_bool("strongly_typed", None, "Strongly typed network (default: yes, but for INT8 from a calibration "
+                  "cache with an FP32 ONNX, TensorRT 10 only).")
+flags.DEFINE_bool("rewrite_cache_version", False, "Use a calibration cache written for another TensorRT version "
+                  "(its header is rewritten in memory; the scales do not depend on the version).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing engine file.")
 flags.mark_flags_as_required(["model", "engine_file"])
 FLAGS = flags.FLAGS
@@ -21,10 +24,16 @@ def main(argv):
     del argv
     from frcnn_tf.export.tensorrt_engine import EngineOptions, build_engine
 
-    build_engine(FLAGS.model, FLAGS.engine_file, EngineOptions(
-        FLAGS.min_batch_size, FLAGS.opt_batch_size, FLAGS.max_batch_size, FLAGS.workspace_size, FLAGS.data_type,
-        FLAGS.cal_cache_file, FLAGS.strongly_typed), FLAGS.overwrite)
+    print(describe(build_engine(FLAGS.model, FLAGS.engine_file, EngineOptions(
+        min_batch_size=FLAGS.min_batch_size, opt_batch_size=FLAGS.opt_batch_size, max_batch_size=FLAGS.max_batch_size,
+        workspace_mib=FLAGS.workspace_size, data_type=FLAGS.data_type, cal_cache_file=FLAGS.cal_cache_file,
+        strongly_typed=FLAGS.strongly_typed, rewrite_cache_version=FLAGS.rewrite_cache_version), FLAGS.overwrite)))
     return 0
+
+
+def describe(result):
+    """One line for a build_engine result."""
+    return f"wrote {result['engine']} (TensorRT {result['tensorrt']}, {result['data_type']}, {result['mode']})"
 
 
 def run():

@@ -14,6 +14,8 @@ flags.DEFINE_integer("batch_size", 8, "INT8: images per calibration batch.")
 flags.DEFINE_integer("batches", 10, "INT8: calibration batches.")
 flags.DEFINE_enum("calibrator", "entropy", list(CALIBRATORS), "INT8: how ranges are chosen.")
 flags.DEFINE_float("percentile", 99.99, "INT8: percentile of |activation| for --calibrator percentile.")
+flags.DEFINE_string("trt_version", None, "INT8: TensorRT version the calibration cache is for, e.g. 10.3.0 "
+                    "(default: the installed TensorRT's, else 10.3.0).")
 flags.DEFINE_string("engine_file", None, "Also build a TensorRT engine here (needs TensorRT).")
 flags.DEFINE_integer("max_batch_size", 1, "Engine: largest batch of the optimization profile.")
 flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
@@ -26,16 +28,22 @@ def main(argv):
     del argv
     from frcnn_tf.export.onnx_export import Int8Options, run_export
 
-    int8 = Int8Options(FLAGS.cal_cache_file, FLAGS.cal_image_dir, FLAGS.batch_size, FLAGS.batches, FLAGS.calibrator,
-                       FLAGS.percentile)
-    run_export(FLAGS.experiment_spec, FLAGS.model, FLAGS.output_file, FLAGS.data_type, FLAGS.overwrite, FLAGS.key,
-               int8)
+    int8 = Int8Options(cal_cache_file=FLAGS.cal_cache_file, cal_image_dir=FLAGS.cal_image_dir,
+                       batch_size=FLAGS.batch_size, batches=FLAGS.batches, calibrator=FLAGS.calibrator,
+                       percentile=FLAGS.percentile, trt_version=FLAGS.trt_version)
+    info = run_export(FLAGS.experiment_spec, FLAGS.model, FLAGS.output_file, FLAGS.data_type, FLAGS.overwrite,
+                      FLAGS.key, int8)
+    if info.get("cal_cache_header"):
+        print(f"wrote {info['cal_cache_path']} ({info['cal_cache_header']}, {info['calibrator']})")
+    print(f"wrote {FLAGS.output_file} ({FLAGS.data_type}; input input_image {['N', *info['input_shape']]}; outputs "
+          f"boxes, scores, classes, num_detections; TensorRT 10/11 parser rules: 0 problems)")
     if FLAGS.engine_file:
+        from frcnn_tf.cli.build_engine import describe
         from frcnn_tf.export.tensorrt_engine import EngineOptions, build_engine
 
-        build_engine(FLAGS.output_file, FLAGS.engine_file,
-                     EngineOptions(max_batch_size=FLAGS.max_batch_size, opt_batch_size=FLAGS.max_batch_size,
-                                   cal_cache_file=FLAGS.cal_cache_file), FLAGS.overwrite)
+        print(describe(build_engine(FLAGS.output_file, FLAGS.engine_file,
+                                    EngineOptions(max_batch_size=FLAGS.max_batch_size,
+                                                  opt_batch_size=FLAGS.max_batch_size), FLAGS.overwrite)))
     return 0
 
 

@@ -13,7 +13,6 @@ on images for a float model or read from a QAT model's fake-quant ops.
 import dataclasses
 import json
 import os
-import pathlib
 
 import onnx
 import tensorflow as tf
@@ -22,25 +21,44 @@ from absl import logging
 from tqdm import tqdm
 
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.export import calibration, onnx_graph
+from frcnn_tf.export import calibration, onnx_graph, tensorrt_rules, tf2onnx_handlers
 from frcnn_tf.io_utils import atomic_write_bytes, refuse_to_overwrite
 from frcnn_tf.model.frcnn import FasterRCNN, ProposalSettings, regression_weights
+from frcnn_tf.tensorrt_limits import MAX_TOP_K, NMS_MAX_BOXES
 from frcnn_tf.spec.summary import class_names
 from frcnn_tf.train import checkpoints
 
 OPSET = 17
 OUTPUT_NAMES = ("boxes", "scores", "classes", "num_detections")
-SUPPORTED_OPS_FILE = pathlib.Path(__file__).with_name("tensorrt_onnx_ops.txt")
 
 
-def tensorrt_supported_ops():
-    return {line.strip() for line in SUPPORTED_OPS_FILE.read_text().splitlines()
-            if line.strip() and not line.startswith("#")}
+def check_for_tensorrt(model, path):
+    """Raises FrcnnError listing every TensorRT rule the graph breaks, one `PATH: node N (Op): rule` per line."""
+    violations = tensorrt_rules.check(model)
+    if violations:
+        raise FrcnnError("\n".join(f"{path}: {violation}" for violation in violations))
 
 
-def unsupported_ops(onnx_model):
-    """Op types in the graph (subgraphs included) outside TensorRT's ONNX operator list."""
-    return sorted(onnx_graph.op_types(onnx_model) - tensorrt_supported_ops())
+def _check_tensorrt_limits(section, section_name, source):
+    """Refuses NMS box counts TensorRT's TopK cannot keep, naming the spec field; warns where
+    TensorRT's NMS layer will see fewer boxes than the spec asks for."""
+    for field in ("rpn_nms_max_boxes", "classifier_nms_max_boxes"):
+        if getattr(section, field) > MAX_TOP_K:
+            raise source.error(f"{section_name}.{field}", f"{getattr(section, field)} boxes after NMS: TensorRT's "
+                                                          f"TopK keeps at most {MAX_TOP_K}; lower it to export")
+    if section.rpn_pre_nms_top_N > NMS_MAX_BOXES:
+        logging.warning("%s.rpn_pre_nms_top_N is %d: TensorRT's NMS layer considers only the %d highest-scoring "
+                        "boxes of an image (NvInfer.h INMSLayer), so the lowest-scoring proposals never take part "
+                        "there (onnxruntime and Keras use all of them)", section_name, section.rpn_pre_nms_top_N,
+                        NMS_MAX_BOXES)
+
+
+def _drop_unused_domains(model):
+    """Removes opset imports of domains no node uses (tf2onnx always adds ai.onnx.ml)."""
+    used = {node.domain for node in model.graph.node} | {"", "ai.onnx"}
+    kept = [opset for opset in model.opset_import if opset.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
 
 
 def _rename_outputs(model):
@@ -70,6 +88,7 @@ class Int8Options:
     batches: int = 10
     calibrator: str = "entropy"
     percentile: float = 99.99
+    trt_version: str = None  # TensorRT version written in the cache header (calibration.cache_header)
 
 
 def export_graph(model, metadata, spec, section):
@@ -80,12 +99,18 @@ def export_graph(model, metadata, spec, section):
                                                  section.classifier_nms_overlap_threshold,
                                                  section.classifier_nms_max_boxes)
     signature = (tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="input_image"),)
-    proto, _ = tf2onnx.convert.from_keras(detector, input_signature=signature, opset=OPSET)
+    tf2onnx.utils.INTERNAL_NAME = 1  # tf2onnx numbers the names it makes process-wide: same graph, same names
+    proto, _ = tf2onnx.convert.from_keras(detector, input_signature=signature, opset=OPSET,
+                                          custom_op_handlers=dict(tf2onnx_handlers.HANDLERS))
     leftover = sorted(onnx_graph.op_types(proto) & {"FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs"})
     if leftover:
         raise FrcnnError("the QAT model has empty quantization ranges (fake-quant min == max): train it for at "
                          "least one epoch before export")
+    unconverted = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx")})
+    if unconverted:  # tf2onnx logs a failed lowering and leaves the TensorFlow op in place
+        raise FrcnnError(f"tf2onnx could not lower {', '.join(unconverted)} to ONNX (see its log above)")
     _rename_outputs(proto)
+    _drop_unused_domains(proto)
     info = {"class_names": [n for n in names if n != "background"], "input_shape": list(model.input_shape[1:]),
             "qat": bool(metadata.get("qat")), **preprocessing_metadata(spec)}
     return proto, info
@@ -136,16 +161,18 @@ def quantize_int8(proto, info, spec, options):
 
 def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=False, key=None,
                int8=Int8Options()):
-    """Exports a model file to ONNX at output_path (+ the calibration cache for int8); returns
-    the metadata written with it."""
+    """Exports a model file to ONNX at output_path (+ the calibration cache for int8) and checks
+    the graph against TensorRT's rules first; returns the metadata written with it (and, for
+    int8, the cache header)."""
     from frcnn_tf.spec import parse_experiment_spec
     from frcnn_tf.spec.validate import require_section
 
     cache_path = (int8.cal_cache_file or f"{os.path.splitext(output_path)[0]}.cal.bin") if data_type == "int8" else None
     refuse_to_overwrite([output_path, cache_path], overwrite)
     spec, source = parse_experiment_spec(spec_path)
-    section = spec.inference_config if spec.HasField("inference_config") else require_section(
-        spec, source, "evaluation_config")
+    section_name = "inference_config" if spec.HasField("inference_config") else "evaluation_config"
+    section = require_section(spec, source, section_name)
+    _check_tensorrt_limits(section, section_name, source)
     if int8.calibrator not in calibration.CALIBRATORS:
         raise FrcnnError(f"--calibrator {int8.calibrator}: choose one of {', '.join(calibration.CALIBRATORS)}")
     model, metadata = checkpoints.load_model(model_path, key=checkpoints.model_key(spec, key))
@@ -158,17 +185,14 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
         proto = onnx_graph.to_float16(proto)
     elif data_type == "int8":
         proto, ranges, method = quantize_int8(proto, info, spec, int8)
-        calibration.write_cache(cache_path, ranges, method)
         info["cal_cache_file"] = os.path.basename(cache_path)
         info["calibrator"] = method
-        print(f"wrote {cache_path} ({len(ranges)} tensor scales, {method})")
     info["data_type"] = data_type
     onnx.helper.set_model_props(proto, {"frcnn_tf": json.dumps(info)})
     onnx.checker.check_model(proto)
-    missing = unsupported_ops(proto)
-    if missing:
-        logging.warning("ops outside TensorRT's ONNX operator list: %s", ", ".join(missing))
+    check_for_tensorrt(proto, output_path)
+    if data_type == "int8":
+        info["cal_cache_header"] = calibration.write_cache(cache_path, ranges, method, int8.trt_version)
+        info["cal_cache_path"] = cache_path
     atomic_write_bytes(output_path, proto.SerializeToString())
-    print(f"wrote {output_path} ({data_type}; inputs input_image {['N', *info['input_shape']]}; outputs "
-          f"{', '.join(OUTPUT_NAMES)})")
     return info

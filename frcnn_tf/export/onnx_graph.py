@@ -13,10 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from frcnn_tf.export.calibration import INT8_MAX
 
-BODY_OPS = {"Conv", "Relu", "MaxPool", "GlobalAveragePool", "AveragePool", "BatchNormalization", "MatMul", "Gemm"}
+BODY_OPS = {"Conv", "Relu", "MaxPool", "GlobalAveragePool", "AveragePool", "BatchNormalization"}
+WEIGHTED_OPS = {"MatMul", "Gemm"}  # in the body when input 1 is a weight (the RoI crop's MatMuls are not)
 JOIN_OPS = {"Add", "Squeeze"}  # in the body when every data input comes from the body
 DATA_INPUTS = {"Squeeze": 1}  # ops whose trailing inputs are not float data (Squeeze's axes)
 WEIGHT_AXIS = {"Conv": 0, "MatMul": 1}  # output-channel axis of the weight (input 1)
+SHAPE_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity"}  # move values, compute nothing
 
 
 def _producers(graph):
@@ -48,7 +50,7 @@ def body_nodes(graph):
     """Names of the nodes of the convolutional body (graph order is topological)."""
     producers, initializers, body = _producers(graph), {i.name for i in graph.initializer}, set()
     for node in graph.node:
-        if node.op_type in BODY_OPS:
+        if node.op_type in BODY_OPS or (node.op_type in WEIGHTED_OPS and node.input[1] in initializers):
             body.add(node.name)
         elif node.op_type in JOIN_OPS:
             sources = [producers.get(n) for n in _data_inputs(node) if n not in initializers]
@@ -171,26 +173,39 @@ class _QdqBuilder:
 
 
 def _quantize_weights(node, builder, initializers):
-    """Points a Conv/MatMul's weight input at its per-output-channel INT8 dequantization."""
+    """Points a Conv/MatMul's weight input at its per-output-channel INT8 dequantization; whether it did."""
     weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
     if node.op_type not in WEIGHT_AXIS or weight is None:
-        return
+        return False
     node.input[1] = builder.dequantized_weight(node.input[1], numpy_helper.to_array(weight),
                                                WEIGHT_AXIS[node.op_type])
+    return True
+
+
+def _residual_adds(graph):
+    """Names of the body's Adds that join two activations (the residual shortcuts; bias Adds read a weight)."""
+    initializers = {i.name for i in graph.initializer}
+    body = body_nodes(graph)
+    return {n.name for n in graph.node if n.op_type == "Add" and n.name in body
+            and not any(name in initializers for name in n.input)}
 
 
 def quantize_for_tensorrt(model, amax_by_tensor):
-    """Copy of a float `model` with Q/DQ on each Conv/MatMul's activation input (ranges from
-    `amax_by_tensor`; inputs without a range stay float) and on its weights."""
+    """Copy of a float `model` with Q/DQ on each Conv/MatMul's activation input and on both inputs
+    of each residual Add (TensorRT's Q/DQ placement: the Add then fuses into the conv before it),
+    ranges from `amax_by_tensor` (inputs without a range stay float), and on the weights."""
     model = _copy(model)
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
+    residual = _residual_adds(graph)
     builder, nodes = _QdqBuilder(graph), []
     for node in graph.node:
-        if node.op_type in WEIGHT_AXIS:
-            if node.input[0] in amax_by_tensor:
-                node.input[0] = builder.pair(node.input[0], amax_by_tensor[node.input[0]])
-            _quantize_weights(node, builder, initializers)
+        quantized = (range(1) if node.op_type in WEIGHT_AXIS and node.input[1] in initializers
+                     else range(2) if node.name in residual else ())
+        for index in quantized:
+            if node.input[index] in amax_by_tensor:
+                node.input[index] = builder.pair(node.input[index], amax_by_tensor[node.input[index]])
+        _quantize_weights(node, builder, initializers)
         nodes += builder.drain()
         nodes.append(node)
     return _finish(model, nodes)
@@ -218,12 +233,43 @@ def symmetric_qat_ranges(model):
                                                                       scale_name))
             initializers[zero_name].CopyFrom(numpy_helper.from_array(np.asarray(0, np.int8), zero_name))
         amax_by_tensor[node.input[0]] = amax_by_scale[scale_name]
-    builder, nodes = _QdqBuilder(graph), []
+    producers, builder, nodes = _producers(graph), _QdqBuilder(graph), []
     for node in graph.node:
-        _quantize_weights(node, builder, initializers)
+        if _quantize_weights(node, builder, initializers) and not _dequantized(producers, node.input[0]):
+            # INT8 weights need an INT8 activation: the float RoI crop feeding block 4 gets its bound
+            amax = _convex_bound(producers, initializers, node.input[0])
+            if amax is not None:  # else the TensorRT rule check names the conv
+                amax_by_tensor[node.input[0]] = amax
+                node.input[0] = builder.pair(node.input[0], amax)
         nodes += builder.drain()
         nodes.append(node)
     return _finish(model, nodes), amax_by_tensor
+
+
+def _dequantized(producers, name):
+    """Whether `name` is a DequantizeLinear output, looking through SHAPE_OPS."""
+    node = producers.get(name)
+    while node is not None and node.op_type in SHAPE_OPS:
+        node = producers.get(node.input[0])
+    return node is not None and node.op_type == "DequantizeLinear"
+
+
+def _convex_bound(producers, initializers, name):
+    """amax bounding a RoI crop output `name`, or None.
+
+    `crop_rois` computes MatMul(row weights, MatMul(column weights, features)) with
+    interpolation weights in [0, 1] that sum to at most 1 per sample, so every crop value
+    is a convex combination of feature values and 0: |crop| <= amax(features). The
+    features are input 1 of each MatMul; their range is their DequantizeLinear's.
+    """
+    node, matmuls = producers.get(name), 0
+    while node is not None and (node.op_type in SHAPE_OPS or node.op_type == "MatMul"):
+        matmuls += node.op_type == "MatMul"
+        node = producers.get(node.input[1] if node.op_type == "MatMul" else node.input[0])
+    if matmuls != 2 or node is None or node.op_type != "DequantizeLinear":
+        return None
+    scale = numpy_helper.to_array(initializers[node.input[1]])
+    return float(scale) * INT8_MAX if scale.ndim == 0 else None
 
 
 def with_outputs(model, names):

@@ -1,10 +1,10 @@
 """TensorRT engine building (the tlt-converter step) from an exported ONNX model.
 
-TensorRT is imported lazily. TensorRT 11 (and 10 with `strongly_typed`) builds a
-strongly typed network: precisions come from the ONNX itself (FP16 weights and
-Casts, INT8 Q/DQ nodes). TensorRT 10 otherwise uses builder flags: FP16, and INT8
-either from the Q/DQ nodes or, for an FP32 ONNX, from the calibration cache through
-a calibrator whose only job is to hand TensorRT that cache.
+TensorRT is imported lazily. Networks are strongly typed on TensorRT 10 and 11:
+precisions come from the ONNX itself (FP16 weights and Casts, INT8 Q/DQ nodes),
+as NVIDIA's explicit-quantization guide asks. The exception is TensorRT 10's
+implicit INT8 for an FP32 ONNX: weakly typed, INT8 from the calibration cache
+through a calibrator whose only job is to hand TensorRT that cache.
 """
 import dataclasses
 import json
@@ -38,7 +38,7 @@ def import_tensorrt(ready=""):
 
 @dataclasses.dataclass(frozen=True)
 class EngineOptions:
-    """Optimization profile over the batch dimension, workspace in MiB, precision flags."""
+    """Optimization profile over the batch dimension, workspace in MiB, precision."""
 
     min_batch_size: int = 1
     opt_batch_size: int = 1
@@ -46,7 +46,8 @@ class EngineOptions:
     workspace_mib: int = 1024
     data_type: str = None  # default: the ONNX's own (its frcnn_tf metadata)
     cal_cache_file: str = None
-    strongly_typed: bool = None  # default: TensorRT >= 11
+    strongly_typed: bool = None  # default: yes, but for implicit INT8 from a cache (TensorRT 10 only)
+    rewrite_cache_version: bool = False  # give a cache from another TensorRT version this one's header
 
 
 def onnx_info(path):
@@ -59,6 +60,63 @@ def onnx_info(path):
     if "frcnn_tf" not in props:
         raise FrcnnError(f"{path}: not an ONNX model exported by frcnn_tf (no frcnn_tf metadata)")
     return json.loads(props["frcnn_tf"]), any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def precision_plan(onnx_path, onnx_type, has_qdq, requested, strongly_typed, major):
+    """(strongly typed?, implicit INT8 from a cache?) for building `onnx_path` as `requested`.
+
+    A strongly typed network computes in the ONNX's own types (FP16 weights and Casts, Q/DQ),
+    so asking for another precision is an error, not an engine of the ONNX's precision
+    labelled as asked. The one weakly typed route left is TensorRT 10's implicit INT8: an
+    FP32 ONNX with a calibration cache (deprecated since 10.1, removed in 11.0).
+    """
+    implicit = requested == "int8" and onnx_type == "fp32" and not has_qdq
+    if implicit:
+        if major >= 11:
+            raise FrcnnError(f"{onnx_path}: TensorRT 11 has no implicit INT8 (calibration caches); export the model "
+                             f"with --data_type int8 for an ONNX with Q/DQ nodes")
+        if strongly_typed:
+            raise FrcnnError(f"{onnx_path}: INT8 from a calibration cache needs a weakly typed network; drop "
+                             f"--strongly_typed or export with --data_type int8")
+        return False, True
+    if requested != onnx_type:
+        raise FrcnnError(f"{onnx_path}: the ONNX is {onnx_type}, and TensorRT builds the precisions the ONNX "
+                         f"carries; export with --data_type {requested} (or build without --data_type)")
+    if major >= 11 and strongly_typed is False:
+        raise FrcnnError("TensorRT 11 builds strongly typed networks only; drop --nostrongly_typed")
+    return strongly_typed is not False, False
+
+
+def network_tensor_names(network):
+    """Names of the network's inputs and of every layer output (what a calibration cache names)."""
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        names.update(layer.get_output(j).name for j in range(layer.num_outputs))
+    return names
+
+
+def cache_for(trt, cache_path, network, rewrite_version):
+    """(cache bytes for this TensorRT, algorithm, (names found in the network, names in the cache))."""
+    from frcnn_tf.export.calibration import parse_cache, tensorrt_version_number, with_version
+
+    with open(cache_path, encoding="utf-8") as handle:
+        text = handle.read()
+    cache = parse_cache(text, cache_path)
+    running = tensorrt_version_number(trt.__version__)
+    if cache.version != running:
+        if not rewrite_version:
+            raise FrcnnError(f"{cache_path}:1: the cache is for TensorRT version {cache.version}, this is "
+                             f"{trt.__version__} ({running}), which ignores it and calibrates from nothing; pass "
+                             f"--rewrite_cache_version (the scales do not depend on the version) or export again "
+                             f"with --trt_version {trt.__version__}")
+        logging.warning("%s: header rewritten from TensorRT %d to %d", cache_path, cache.version, running)
+        text = with_version(text, trt.__version__)
+    found = len(set(cache.scales) & network_tensor_names(network))
+    if not found:
+        raise FrcnnError(f"{cache_path}: none of its {len(cache.scales)} tensor names is in the network; was it "
+                         f"exported with this model?")
+    return text.encode("utf-8"), cache.algorithm, (found, len(cache.scales))
 
 
 def _cache_calibrator(trt, cache_bytes, algorithm):
@@ -86,11 +144,10 @@ def _cache_calibrator(trt, cache_bytes, algorithm):
 
 def build_engine(onnx_path, engine_path, options=EngineOptions(), overwrite=False):
     """Builds and writes a serialized engine; returns a dict describing the build."""
-    from frcnn_tf.export.calibration import read_cache
-
     refuse_to_overwrite([engine_path], overwrite, "another --engine_file")
     info, has_qdq = onnx_info(onnx_path)
-    data_type = options.data_type or info.get("data_type", "fp32")
+    onnx_type = info.get("data_type", "fp32")
+    data_type = options.data_type or onnx_type
     cache_path = options.cal_cache_file or (
         os.path.join(os.path.dirname(onnx_path), info["cal_cache_file"]) if info.get("cal_cache_file") else None)
     if not options.min_batch_size <= options.opt_batch_size <= options.max_batch_size:
@@ -98,9 +155,9 @@ def build_engine(onnx_path, engine_path, options=EngineOptions(), overwrite=Fals
     trt = import_tensorrt(f"{onnx_path} is ready" + (f" with its calibration cache {cache_path}" if cache_path else "")
                           + "; build the engine where TensorRT runs")
     major = int(trt.__version__.split(".")[0])
-    strongly_typed = major >= 11 if options.strongly_typed is None else options.strongly_typed
-    if major >= 11 and not strongly_typed:
-        raise FrcnnError("TensorRT 11 builds strongly typed networks only; drop --nostrongly_typed")
+    strongly_typed, implicit = precision_plan(onnx_path, onnx_type, has_qdq, data_type, options.strongly_typed, major)
+    if implicit and not cache_path:
+        raise FrcnnError(f"{onnx_path}: INT8 from an FP32 ONNX needs --cal_cache_file")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
@@ -112,34 +169,31 @@ def build_engine(onnx_path, engine_path, options=EngineOptions(), overwrite=Fals
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     profile = builder.create_optimization_profile()
-    image = network.get_input(0)
+    image = next(network.get_input(i) for i in range(network.num_inputs) if network.get_input(i).name == "input_image")
     shape = tuple(image.shape)[1:]
     profile.set_shape(image.name, (options.min_batch_size, *shape), (options.opt_batch_size, *shape),
                       (options.max_batch_size, *shape))
     config.add_optimization_profile(profile)
-    mode = "strongly typed"
-    if not strongly_typed:
-        if data_type in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32
+    result = {"engine": engine_path, "tensorrt": trt.__version__, "data_type": data_type}
+    if strongly_typed:
+        mode = "strongly typed"
+    elif implicit:  # INT8 only: unlisted layers run FP32, never FP16 box arithmetic
+        cache_bytes, algorithm, result["cache_names_found"] = cache_for(trt, cache_path, network,
+                                                                        options.rewrite_cache_version)
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = _cache_calibrator(trt, cache_bytes, algorithm)
+        config.set_calibration_profile(profile)
+        mode = "implicit INT8 from {} ({} of {} tensor names found in the network)".format(
+            cache_path, *result["cache_names_found"])
+    else:  # asked for with --nostrongly_typed on TensorRT 10: builder flags, TensorRT picks precisions
+        config.set_flag(trt.BuilderFlag.FP16)
         if data_type == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-            if has_qdq:
-                mode = "explicit INT8 (Q/DQ) with builder flags"
-            else:
-                if not cache_path:
-                    raise FrcnnError(f"{onnx_path}: INT8 from an FP32 ONNX needs --cal_cache_file")
-                algorithm, _ = read_cache(cache_path)
-                with open(cache_path, "rb") as handle:
-                    config.int8_calibrator = _cache_calibrator(trt, handle.read(), algorithm)
-                config.set_calibration_profile(profile)
-                mode = f"implicit INT8 from {cache_path}"
-        else:
-            mode = f"{data_type} builder flags"
+        mode = "weakly typed with builder flags"
     logging.info("building a TensorRT %s engine (%s), batch %d..%d", trt.__version__, mode, options.min_batch_size,
                  options.max_batch_size)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise FrcnnError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
     atomic_write_bytes(engine_path, bytes(serialized))
-    print(f"wrote {engine_path} (TensorRT {trt.__version__}, {data_type}, {mode})")
-    return {"engine": engine_path, "tensorrt": trt.__version__, "data_type": data_type, "mode": mode}
+    return {**result, "mode": mode}

@@ -2,6 +2,7 @@
 import tensorflow as tf
 
 from frcnn_tf import boxes as box_ops
+from frcnn_tf.tensorrt_limits import MAX_TOP_K
 
 
 def propose(rpn_logits, rpn_deltas, anchors, image_height, image_width, pre_nms_top_n, post_nms_top_n,
@@ -19,8 +20,11 @@ def propose(rpn_logits, rpn_deltas, anchors, image_height, image_width, pre_nms_
     heights = proposals[..., 2] - proposals[..., 0]
     widths = proposals[..., 3] - proposals[..., 1]
     scores = tf.where((heights >= min_size) & (widths >= min_size), scores, -1.0)
-    top_n = tf.minimum(pre_nms_top_n, tf.shape(scores)[1])
-    scores, order = tf.math.top_k(scores, k=top_n, sorted=True)
+    num_anchors = scores.shape[1]
+    if num_anchors is None:  # input size unknown until run time (size_min specs; not exportable)
+        scores, order = tf.math.top_k(scores, k=tf.minimum(pre_nms_top_n, tf.shape(scores)[1]))
+    else:
+        scores, order = top_k_in_rounds(scores, min(pre_nms_top_n, num_anchors))
     proposals = tf.gather(proposals, order, batch_dims=1)
     kept, _, _, _ = tf.image.combined_non_max_suppression(
         proposals[:, :, tf.newaxis, :], scores[..., tf.newaxis], max_output_size_per_class=post_nms_top_n,
@@ -29,19 +33,75 @@ def propose(rpn_logits, rpn_deltas, anchors, image_height, image_width, pre_nms_
     return kept
 
 
+def top_k_in_rounds(values, k, max_k=MAX_TOP_K):
+    """tf.math.top_k(values [B, N], k) (sorted; ties to the lower index) with no TopK over max_k.
+
+    TensorRT's TopK takes K <= 3840 (NvInfer.h ITopKLayer::setK). Each round takes the next
+    at most max_k elements: an element was taken by an earlier round exactly when it precedes
+    or is the last taken element (v, i) in top_k's own order (value descending, index
+    ascending), so masking those to -inf and taking the top of the rest continues the same
+    sequence. Equal to one top_k for values above -inf. Returns (values [B, k], indices [B, k]).
+    """
+    if k <= max_k:
+        return tf.math.top_k(values, k=k, sorted=True)
+    positions = tf.range(tf.shape(values)[-1])[tf.newaxis]
+    remaining, taken_values, taken_indices = values, [], []
+    for start in range(0, k, max_k):
+        top_values, top_indices = tf.math.top_k(remaining, k=min(max_k, k - start), sorted=True)
+        taken_values.append(top_values)
+        taken_indices.append(top_indices)
+        last_value, last_index = top_values[:, -1:], top_indices[:, -1:]
+        taken = (values > last_value) | ((values == last_value) & (positions <= last_index))
+        remaining = tf.where(taken, tf.constant(-float("inf"), values.dtype), values)
+    return tf.concat(taken_values, axis=-1), tf.concat(taken_indices, axis=-1)
+
+
+def _interpolation_weights(starts, ends, size, pool_size):
+    """Bilinear sampling weights [B, R, pool_size, size] along one axis of a feature map.
+
+    starts, ends [B, R]: the first and last sample positions in feature cells divided by
+    (size - 1) (crop_and_resize's normalised box coordinates). Sample i sits at
+    p = starts * (size - 1) + i * (ends - starts) * (size - 1) / (pool_size - 1) (the middle
+    for pool_size 1), as in TensorFlow's CropAndResize kernel; its weights are
+    max(0, 1 - |j - p|) over cells j, all 0 where p lies outside [0, size - 1]
+    (crop_and_resize's extrapolation value 0).
+    """
+    last = tf.cast(size - 1, starts.dtype)
+    if pool_size > 1:
+        steps = tf.range(pool_size, dtype=starts.dtype) * ((ends - starts) * last / (pool_size - 1))[..., tf.newaxis]
+        positions = (starts * last)[..., tf.newaxis] + steps
+    else:
+        positions = (0.5 * (starts + ends) * last)[..., tf.newaxis]
+    inside = tf.cast((positions >= 0.0) & (positions <= last), starts.dtype)
+    cells = tf.range(size, dtype=starts.dtype)
+    weights = tf.maximum(1.0 - tf.abs(cells - positions[..., tf.newaxis]), 0.0)
+    return weights * inside[..., tf.newaxis]
+
+
 def crop_rois(features, rois, stride, pool_size):
     """Bilinear crops [B*R, pool_size, pool_size, C] of features [B, h, w, C] at rois [B, R, 4] (pixels).
 
     Feature cell i is centred at input pixel stride*(i + 0.5), so pixel y sits at
     feature coordinate y/stride - 0.5 (aligned, like RoIAlign with aligned=True).
+    Equal to tf.image.crop_and_resize (bilinear, extrapolation 0) with one image per row
+    of rois, computed as two batched matrix products with the separable sampling weights
+    (width first): crop[r] = Wy[r] @ F[b(r)] @ Wx[r]^T per channel. Matrix products
+    export to ONNX MatMul, which every TensorRT version builds, where crop_and_resize
+    becomes a Loop around a Resize mode TensorRT's parser rejects.
     """
+    features = tf.cast(features, tf.float32)  # crop_and_resize's output type, whatever the policy
     shape = tf.shape(features)
-    batch, num_rois = tf.shape(rois)[0], tf.shape(rois)[1]
-    extent = tf.cast(tf.maximum(tf.stack([shape[1], shape[2], shape[1], shape[2]]) - 1, 1), tf.float32)
-    normalised = (tf.stop_gradient(rois) / stride - 0.5) / extent
-    box_indices = tf.repeat(tf.range(batch), num_rois)
-    return tf.image.crop_and_resize(features, tf.reshape(normalised, [-1, 4]), box_indices,
-                                    [pool_size, pool_size], method="bilinear")
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    num_rois = tf.shape(rois)[1]
+    extent = tf.cast(tf.maximum(tf.stack([height, width, height, width]) - 1, 1), tf.float32)
+    y1, x1, y2, x2 = tf.unstack((tf.cast(tf.stop_gradient(rois), tf.float32) / stride - 0.5) / extent, axis=-1)
+    across = tf.reshape(_interpolation_weights(x1, x2, width, pool_size), [batch, num_rois * pool_size, width])
+    down = tf.reshape(_interpolation_weights(y1, y2, height, pool_size), [batch * num_rois, pool_size, height])
+    columns = tf.reshape(tf.transpose(features, [0, 2, 1, 3]), [batch, width, height * channels])
+    sampled = tf.reshape(tf.matmul(across, columns), [batch * num_rois, pool_size, height, channels])
+    sampled = tf.reshape(tf.transpose(sampled, [0, 2, 1, 3]), [batch * num_rois, height, pool_size * channels])
+    crops = tf.reshape(tf.matmul(down, sampled), [batch * num_rois, pool_size, pool_size, channels])
+    return tf.ensure_shape(crops, [None, pool_size, pool_size, features.shape[-1]])
 
 
 @tf.keras.utils.register_keras_serializable(package="frcnn_tf")
@@ -116,9 +176,12 @@ def detect(rois, probabilities, deltas, image_height, image_width, weights, scor
     scores = probabilities[..., :-1] * tf.cast(box_ops.area(rois) > 0, probabilities.dtype)[..., tf.newaxis]
     offset = tf.cast(tf.maximum(image_height, image_width) + 1, boxes.dtype)
     class_ids = tf.cast(tf.range(num_classes), boxes.dtype)[tf.newaxis, tf.newaxis, :, tf.newaxis]
-    shifted = tf.reshape(boxes + class_ids * offset, [shape[0], -1, 1, 4])
+    candidates = -1  # R * (C - 1), static where the shapes are (export needs it)
+    if rois.shape[1] is not None and probabilities.shape[-1] is not None:
+        candidates = rois.shape[1] * (probabilities.shape[-1] - 1)
+    shifted = tf.reshape(boxes + class_ids * offset, [shape[0], candidates, 1, 4])
     kept, scores, _, valid = tf.image.combined_non_max_suppression(
-        shifted, tf.reshape(scores, [shape[0], -1, 1]), max_output_size_per_class=max_boxes,
+        shifted, tf.reshape(scores, [shape[0], candidates, 1]), max_output_size_per_class=max_boxes,
         max_total_size=max_boxes, iou_threshold=nms_iou, score_threshold=score_threshold, pad_per_class=False,
         clip_boxes=False)
     classes = tf.floor(kept[..., 0] / offset)
