@@ -42,8 +42,10 @@ def collect(detector, dataset):
 def evaluate_detector(spec, detector):
     """mAP of `detector` on the spec's validation split; returns metrics.evaluate's result + counts."""
     config = spec.evaluation_config
-    dataset = InputPipeline(spec).dataset(training=False, batch_size=config.batch_size)
-    detections, ground_truths = collect(detector, dataset)
+    pipeline = InputPipeline(spec)
+    pipeline.check_images(training=False)
+    with pipeline.naming_bad_input(training=False):
+        detections, ground_truths = collect(detector, pipeline.dataset(training=False, batch_size=config.batch_size))
     method = "voc07" if config.use_voc07_11point_metric else "area"
     result = metrics.evaluate(detections, ground_truths, detector.class_names, iou_thresholds(config), method)
     result["images"] = len(ground_truths)

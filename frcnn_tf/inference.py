@@ -3,13 +3,14 @@ import io
 import os
 
 import tensorflow as tf
+from absl import logging
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from frcnn_tf.data.pipeline import InputPipeline, decode_image
+from frcnn_tf.data.pipeline import InputPipeline, decode_image, image_problem
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.evaluate import PLOT_COLORS
-from frcnn_tf.io_utils import atomic_write_bytes, atomic_write_text
+from frcnn_tf.io_utils import atomic_write_bytes, atomic_write_text, refuse_to_overwrite
 from frcnn_tf.predict import to_file_pixels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -56,45 +57,68 @@ def _load(pipeline, path):
     return placed, scale, tf.shape(image)[:2]
 
 
-def image_dataset(pipeline, paths, batch_size):
-    """Batches of (network input, scale, file size (h, w)) for image files, preprocessed like training data."""
+def _images_with_paths(pipeline, paths, batch_size):
+    """Batches of (path, network input, scale, file size (h, w)) for image files, preprocessed like training
+    data; files that do not decode are left out."""
     data = tf.data.Dataset.from_tensor_slices(paths)
-    data = data.map(lambda path: _load(pipeline, path), num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    data = data.map(lambda path: (path, *_load(pipeline, path)), num_parallel_calls=tf.data.AUTOTUNE)
+    return data.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def image_dataset(pipeline, paths, batch_size):
+    """Batches of (network input, scale, file size (h, w)) for the image files that decode."""
+    return _images_with_paths(pipeline, paths, batch_size).map(lambda path, images, scale, size: (images, scale,
+                                                                                                   size))
+
+
+def _skip_until(remaining, path, skipped):
+    """Advances `remaining` to `path`, warning about (and collecting) the unreadable images passed over."""
+    for expected in remaining:
+        if expected == path:
+            return
+        logging.warning("%s; skipped", image_problem(expected) or f"{expected}: unreadable image")
+        skipped.append(expected)
 
 
 def infer_folder(spec, detector, paths, image_out, labels_out, config):
-    """Runs the detector on image files; writes annotated images and label files; returns detections."""
-    results = {}
+    """Runs the detector on image files; writes annotated images and label files.
+
+    Returns (detections per path, unreadable paths skipped with a warning)."""
+    results, skipped = {}, []
     names = detector.class_names
     bar = tqdm(total=len(paths), desc="inference", unit="img", disable=None)
     remaining = iter(paths)
-    for images, scales, sizes in image_dataset(InputPipeline(spec), paths, config.batch_size):
-        for found, scale, size in zip(detector(images), scales.numpy(), sizes.numpy()):
-            path = next(remaining)
+    for batch_paths, images, scales, sizes in _images_with_paths(InputPipeline(spec), paths, config.batch_size):
+        for path, found, scale, size in zip(batch_paths.numpy(), detector(images), scales.numpy(), sizes.numpy()):
+            path = path.decode()
+            _skip_until(remaining, path, skipped)
             found = to_file_pixels(found, scale, size)
-            stem = os.path.splitext(os.path.basename(path))[0]
             if labels_out:
                 text = "\n".join(kitti_lines(found, names, config.bbox_visualize_threshold))
-                atomic_write_text(os.path.join(labels_out, f"{stem}.txt"), text + "\n" if text else "")
+                atomic_write_text(os.path.join(labels_out, f"{_stem(path)}.txt"), text + "\n" if text else "")
             if image_out:
                 atomic_write_bytes(os.path.join(image_out, os.path.basename(path)),
                                    annotate(path, found, names, config.bbox_visualize_threshold,
                                             config.bbox_caption_on))
             results[path] = found
             bar.update(1)
+    _skip_until(remaining, None, skipped)
     bar.close()
-    return results
+    return results, skipped
 
 
 def _check_outputs(paths, image_out, labels_out, overwrite):
-    planned = [os.path.join(image_out, os.path.basename(p)) for p in paths] if image_out else []
-    planned += [os.path.join(labels_out, os.path.splitext(os.path.basename(p))[0] + ".txt")
-                for p in paths] if labels_out else []
-    existing = [p for p in planned if os.path.exists(p)]
-    if existing and not overwrite:
-        raise FrcnnError(f"{existing[0]}: exists ({len(existing)} output files would be replaced); "
-                         "choose other output folders or pass --overwrite")
+    """Refuses existing outputs (unless overwrite) and images whose outputs would collide (a.jpg, a.png)."""
+    planned, sources = [], []
+    for folder, name in ((image_out, os.path.basename), (labels_out, lambda p: _stem(p) + ".txt")):
+        if folder:
+            planned += [os.path.join(folder, name(p)) for p in paths]
+            sources += paths
+    refuse_to_overwrite(planned, overwrite, "other output folders", sources)
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def run_inference(spec_path, model_path=None, images_dir=None, image_out=None, labels_out=None, overwrite=False,
@@ -118,6 +142,7 @@ def run_inference(spec_path, model_path=None, images_dir=None, image_out=None, l
     paths = list_images(images_dir)
     _check_outputs(paths, image_out, labels_out, overwrite)
     detector = load_detector(model_path, spec, config, key)
-    results = infer_folder(spec, detector, paths, image_out, labels_out, config)
-    print(f"{len(results)} images; annotated images: {image_out or '-'}; labels: {labels_out or '-'}")
+    results, skipped = infer_folder(spec, detector, paths, image_out, labels_out, config)
+    unreadable = f" ({len(skipped)} unreadable images skipped, listed above)" if skipped else ""
+    print(f"{len(results)} images{unreadable}; annotated images: {image_out or '-'}; labels: {labels_out or '-'}")
     return results

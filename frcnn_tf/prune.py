@@ -141,6 +141,14 @@ def plan(model, options):
         raise FrcnnError(f"unknown normalizer '{options.normalizer}'; use one of {', '.join(NORMALIZERS)}")
     if options.score not in SCORES:
         raise FrcnnError(f"unknown score '{options.score}'; use one of {', '.join(SCORES)}")
+    highest = 1.0 if options.normalizer == "max" else float("inf")  # max-normalised scores lie in [0, 1]
+    if not 0.0 <= options.threshold <= highest:
+        raise FrcnnError(f"pruning threshold (-pth) {options.threshold:g} is outside [0, {highest:g}] for "
+                         f"normalizer {options.normalizer}: it would prune nothing or everything")
+    for name, flag, value in (("pruning granularity", "-pg", options.granularity),
+                              ("minimum number of filters", "-nf", options.min_filters)):
+        if value < 1:
+            raise FrcnnError(f"{name} ({flag}) must be at least 1, got {value}")
     names = {layer.name for layer in model.layers}
     unknown = sorted(set(options.excluded) - names)
     if unknown:

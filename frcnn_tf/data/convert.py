@@ -6,6 +6,7 @@ written under a temporary name and renamed only when all of them succeeded.
 """
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import glob
 import json
@@ -19,8 +20,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from frcnn_tf.data import kitti, records
+from frcnn_tf.data.pipeline import DECODABLE_FORMATS
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.io_utils import atomic_write_text
+from frcnn_tf.io_utils import atomic_output, remove_stale_temporaries
 
 
 @dataclasses.dataclass
@@ -75,6 +77,9 @@ def _scan(job):
             width, height, image_format = image.width, image.height, (image.format or "").lower()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return None, [kitti.Problem(image_path, 0, f"unreadable image ({err}); skipped")], {}
+    if image_format not in DECODABLE_FORMATS:
+        return None, [kitti.Problem(image_path, 0, f"{image_format.upper() or 'unknown'} image, which training "
+                                                   "cannot decode; save it as JPEG or PNG; skipped")], {}
     objects, problems = kitti.read_label_file(label_path, width, height, clip=clip)
     if objects is None:
         return None, problems, {}
@@ -131,7 +136,7 @@ def _split(items, parts):
 
 
 def _write_shard(job):
-    """Writes one shard to its temporary name; returns the number of records."""
+    """Writes one shard to its temporary path; returns the number of records."""
     temp_path, frames, embed = job
     with tf.io.TFRecordWriter(temp_path) as writer:
         for frame in frames:
@@ -162,11 +167,13 @@ def convert(conversion_spec, output_prefix, workers=None, embed_images=False, cl
         raise FrcnnError("only kitti_config conversion is supported; convert COCO data to KITTI layout first")
     kitti_config = conversion_spec.kitti_config
     workers = workers or os.cpu_count() or 1
+    if output_prefix.endswith(("/", os.sep)) or os.path.isdir(output_prefix):
+        raise FrcnnError(f"{output_prefix}: is a folder; -o takes a file name prefix such as "
+                         f"{os.path.join(output_prefix, 'kitti')}")
     existing = _existing_outputs(output_prefix)
     if existing and not overwrite:
         raise FrcnnError(f"{existing[0]}: output exists ({len(existing)} files with this prefix); "
                          "choose another -o or pass --overwrite")
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
 
     started = time.perf_counter()
     pairs, problems = _list_frames(kitti_config)
@@ -188,34 +195,38 @@ def convert(conversion_spec, output_prefix, workers=None, embed_images=False, cl
     scanned = time.perf_counter()
     folds = _partition(frames, kitti_config, seed)
     num_shards = kitti_config.num_shards
-    shard_jobs, final_paths = [], []
+    final_paths, fold_shards = [], []
     for fold, fold_frames in enumerate(folds):
         if not fold_frames:
             logging.warning("fold %d is empty: no shard is written for it", fold)
             continue
+        if num_shards > len(fold_frames):
+            logging.warning("fold %d has %d images for num_shards %d: %d shards will be empty", fold,
+                            len(fold_frames), num_shards, num_shards - len(fold_frames))
         for shard, shard_frames in enumerate(_split(fold_frames, max(num_shards, 1))):
-            path = shard_path(output_prefix, fold, kitti_config.num_partitions, shard, num_shards)
-            final_paths.append(path)
-            shard_jobs.append((f"{path}.tmp-{os.getpid()}", shard_frames, embed_images))
-    try:
-        written = _map(_write_shard, shard_jobs, workers, "writing shards", "shard")
-        for old in set(existing) - set(final_paths):
+            final_paths.append(shard_path(output_prefix, fold, kitti_config.num_partitions, shard, num_shards))
+            fold_shards.append(shard_frames)
+    remove_stale_temporaries(output_prefix)
+    # All outputs become visible together, when everything has been written.
+    with contextlib.ExitStack() as outputs:
+        temp_paths = [outputs.enter_context(atomic_output(path)) for path in final_paths]
+        written = _map(_write_shard, [(temp, frames, embed_images) for temp, frames in zip(temp_paths, fold_shards)],
+                       workers, "writing shards", "shard")
+        summary = _summary(folds, kitti_config, output_prefix, final_paths, problems, class_map, seed)
+        summary["seconds"] = {"scan": round(scanned - started, 3), "write": round(time.perf_counter() - scanned, 3)}
+        assert sum(written) == sum(f["images"] for f in summary["folds"])
+        if problems:
+            summary["warnings_file"] = output_prefix + "_warnings.json"
+            _write_json(outputs, summary["warnings_file"], [str(p) for p in problems])
+        _write_json(outputs, output_prefix + "_summary.json", summary)
+        for old in set(existing) - set(final_paths) - {summary.get("warnings_file"), output_prefix + "_summary.json"}:
             os.remove(old)
-        for (temp_path, _, _), path in zip(shard_jobs, final_paths):
-            os.replace(temp_path, path)
-    finally:
-        for temp_path, _, _ in shard_jobs:
-            if os.path.exists(temp_path):
-                os.remove(temp_path)
-
-    summary = _summary(folds, kitti_config, output_prefix, final_paths, problems, class_map, seed)
-    summary["seconds"] = {"scan": round(scanned - started, 3), "write": round(time.perf_counter() - scanned, 3)}
-    assert sum(written) == sum(f["images"] for f in summary["folds"])
-    if problems:
-        atomic_write_text(output_prefix + "_warnings.json", json.dumps([str(p) for p in problems], indent=2))
-        summary["warnings_file"] = output_prefix + "_warnings.json"
-    atomic_write_text(output_prefix + "_summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _write_json(outputs, path, value):
+    with open(outputs.enter_context(atomic_output(path)), "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2)
 
 
 def _summary(folds, kitti_config, output_prefix, shards, problems, class_map, seed):

@@ -26,7 +26,7 @@ def _read_text(path):
     except OSError as err:
         raise SpecError(path, 1, 1, f"cannot read the spec file: {err.strerror or err}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # the byte order mark Windows editors write
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1

@@ -16,12 +16,9 @@ def describe_experiment(spec):
         size = f"{channels}x{image.size_height_width.height}x{image.size_height_width.width}"
     else:
         size = f"{channels} channels, shorter side {image.size_min.min}"
-    arch = model.arch
-    if arch not in validate.IMPLEMENTED_ARCHS:
-        arch += " (parsed; frcnn_tf does not build this backbone yet)"
     lines = [
         "kind: experiment",
-        f"arch: {arch}",
+        f"arch: {model.arch}",
         f"input: {size} ({image.image_channel_order})",
         f"anchors: {len(model.anchor_box_config.scale) * len(model.anchor_box_config.ratio)} per position",
     ]
@@ -56,10 +53,18 @@ def describe_conversion(spec):
     return lines
 
 
-def validate_spec_file(path, kind="auto"):
-    """Validates a spec file; returns its summary lines. Raises SpecError."""
+def validate_spec_file(path, kind="auto", parse_only=False):
+    """Validates a spec file; returns its summary lines. Raises SpecError.
+
+    An experiment spec must name a backbone frcnn_tf builds, unless parse_only (TLT's other
+    backbones parse, so their specs can be read and converted)."""
     if kind == "auto":
         kind = loader.detect_kind(path)
     if kind == "conversion":
         return describe_conversion(loader.load_conversion_spec(path))
-    return describe_experiment(loader.load_experiment_spec(path))
+    spec, source = loader.parse_experiment_spec(path)
+    if not parse_only and spec.model_config.arch not in validate.IMPLEMENTED_ARCHS:
+        raise source.error("model_config.arch", f"model_config.arch: '{spec.model_config.arch}' is a TLT backbone "
+                                                f"frcnn_tf does not build yet; use one of "
+                                                f"{', '.join(validate.IMPLEMENTED_ARCHS)}")
+    return describe_experiment(spec)

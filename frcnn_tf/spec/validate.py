@@ -96,7 +96,7 @@ def _model(model, c):
     c.check(model.HasField("input_image_config"), "input_image_config", "is required")
     _input_image(model.input_image_config, c.at("input_image_config"))
     c.check(model.arch in KNOWN_ARCHS, "arch",
-            f"unknown backbone '{model.arch}'; use one of {', '.join(KNOWN_ARCHS)}")
+            f"unknown backbone '{model.arch}'; use one of {', '.join(IMPLEMENTED_ARCHS)}")
     anchors = model.anchor_box_config
     c.check(len(anchors.scale) > 0, "anchor_box_config.scale", "needs at least one anchor scale")
     c.check(len(anchors.ratio) > 0, "anchor_box_config.ratio", "needs at least one anchor ratio")
