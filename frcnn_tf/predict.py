@@ -97,7 +97,10 @@ class TensorRTDetector:
             raise FrcnnError(f"{path}: TensorRT cannot deserialize this engine (built by another TensorRT version "
                              f"or for another GPU?)")
         self.context = self.engine.create_execution_context()
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        io_names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        # getIOTensorName documents no order: find the input by its mode
+        self.input_name = next(n for n in io_names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.names = [self.input_name] + [n for n in io_names if n != self.input_name]
         self.class_names = [n for n in names if n != "background"]
         self.stream = self._check(cudart.cudaStreamCreate())
 
@@ -109,12 +112,12 @@ class TensorRTDetector:
 
     def __call__(self, images):
         images = np.ascontiguousarray(images, np.float32)
-        self.context.set_input_shape(self.names[0], images.shape)
+        self.context.set_input_shape(self.input_name, images.shape)
         host, device = {}, []
         try:
             for name in self.names:
                 dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
-                host[name] = images if name == self.names[0] else np.empty(
+                host[name] = images if name == self.input_name else np.empty(
                     tuple(self.context.get_tensor_shape(name)), dtype)
                 pointer = self._check(self.cudart.cudaMalloc(max(host[name].nbytes, 1)))
                 device.append(pointer)

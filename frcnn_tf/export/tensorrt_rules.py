@@ -291,4 +291,6 @@ def check_file(path):
         model = onnx.load(path)
     except Exception as err:  # noqa: BLE001 - protobuf decode errors have many types
         raise FrcnnError(f"{path}: cannot read the ONNX model ({err})") from None
+    if not model.opset_import:  # an empty file decodes as an empty ModelProto
+        raise FrcnnError(f"{path}: not an ONNX model (no opset imports, no graph)")
     return check(model)
