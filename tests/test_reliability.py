@@ -436,3 +436,29 @@ def test_a_resumed_stream_continues_where_the_first_run_stopped(tiny, tmp_path):
     resumed = next(iter(pipeline.dataset(training=True, batch_size=2, repeat=True, start=5 * 2)))
     assert resumed["frame_id"].numpy().tolist() == batches[5]["frame_id"].numpy().tolist()
     assert (resumed["images"].numpy() == batches[5]["images"].numpy()).all()  # same augmentation too
+
+
+def test_temporaries_of_killed_runs_are_removed_and_outputs_are_synced(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from frcnn_tf import io_utils
+    from frcnn_tf.train.trainer import _check_output_model
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    folder = tmp_path / "m"
+    folder.mkdir()
+    stale = folder / f".m.epoch2.hdf5.tmp-{dead}-0a1b2c3d"
+    running = folder / f".m.epoch2.hdf5.tmp-{os.getpid()}-0a1b2c3d"  # a live writer's file is kept
+    stale.write_bytes(b"half a checkpoint")
+    running.write_bytes(b"being written")
+    spec = load_experiment_spec(str(REPO_SPECS / "frcnn_resnet18_train.txt"))
+    _check_output_model(str(folder / "m.hdf5"), spec.training_config, overwrite=False)
+    assert sorted(os.listdir(folder)) == [running.name]
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda handle: synced.append(handle) or real_fsync(handle))
+    io_utils.atomic_write_text(str(tmp_path / "out" / "a.json"), "{}")
+    assert len(synced) == 2  # the file before the rename, then its folder
