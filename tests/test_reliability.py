@@ -462,3 +462,13 @@ def test_temporaries_of_killed_runs_are_removed_and_outputs_are_synced(tmp_path,
     monkeypatch.setattr(os, "fsync", lambda handle: synced.append(handle) or real_fsync(handle))
     io_utils.atomic_write_text(str(tmp_path / "out" / "a.json"), "{}")
     assert len(synced) == 2  # the file before the rename, then its folder
+
+
+def test_f15_an_invalid_escape_is_reported_on_its_own_line(tmp_path):
+    from frcnn_tf.errors import SpecError
+
+    text = (REPO_SPECS / "frcnn_resnet18_train.txt").read_text().replace("image_channel_order: 'bgr'",
+                                                                        "image_channel_order: 'bgr\\xff'")
+    (tmp_path / "escape.txt").write_text(text)
+    with pytest.raises(SpecError, match=r"escape.txt:8:26: invalid string \('utf-8' codec can't decode byte 0xff"):
+        load_experiment_spec(str(tmp_path / "escape.txt"))

@@ -17,6 +17,7 @@ from frcnn_tf.spec.source import SpecSource
 
 _UNKNOWN_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
 _UNKNOWN_ENUM = re.compile(r'Enum type "([\w.]+)" has no value named (\w+)')
+_STRING = re.compile(r"""(['"])(?:\\.|(?!\1).)*\1""")
 
 
 def _read_text(path):
@@ -60,6 +61,19 @@ def _explain_parse_error(message):
     return message.replace("frcnn_tf.", "")
 
 
+def _bad_string(text):
+    """(line, column, why) of the first string literal that does not decode, or None.
+
+    protobuf reports such a string at the token after it, often on the next line."""
+    for number, line in enumerate(text.splitlines(), 1):
+        for found in _STRING.finditer(line):
+            try:
+                text_format.Tokenizer([found.group(0)]).ConsumeString()
+            except text_format.ParseError as err:
+                return number, found.start() + 1, str(err).split("Couldn't parse string: ", 1)[-1]
+    return None
+
+
 def _parse(path, message):
     text = _read_text(path)
     try:
@@ -67,6 +81,10 @@ def _parse(path, message):
     except text_format.ParseError as err:
         raw = str(err)
         raw = re.sub(r"^\d+:\d+ : ", "", raw)
+        bad_string = _bad_string(text) if "Couldn't parse string" in raw else None
+        if bad_string:
+            line, column, why = bad_string
+            raise SpecError(path, line, column, f"invalid string ({why}); check its escapes") from None
         line, column = err.GetLine() or 1, err.GetColumn() or 1
         raise SpecError(path, line, column, _explain_parse_error(raw)) from None
     return SpecSource.from_text(path, text)
