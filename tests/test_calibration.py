@@ -89,22 +89,40 @@ def test_entropy_clips_heavy_tails_harder_than_gaussian_tails():
 
 def test_cache_format_golden(tmp_path):
     path = tmp_path / "cal.bin"
-    calibration.write_cache(str(path), {"input_image": 127.0, "conv1/Relu:0": 2.54}, "entropy")
-    assert path.read_text() == ("TRT-8601-EntropyCalibration2\n"
+    header = calibration.write_cache(str(path), {"input_image": 127.0, "conv1/Relu:0": 2.54}, "entropy", "10.3.0")
+    assert path.read_text() == ("TRT-100300-EntropyCalibration2\n"  # 10*10000 + 3*100 + 0
                                 "conv1/Relu:0: 3ca3d70a\n"  # 2.54 / 127 = 0.02 -> 0x3ca3d70a
                                 "input_image: 3f800000\n")  # 127 / 127 = 1.0
-    algorithm, scales = calibration.read_cache(str(path))
-    assert algorithm == "EntropyCalibration2"
-    assert scales == {"input_image": 1.0, "conv1/Relu:0": np.float32(0.02)}
+    assert header == "TRT-100300-EntropyCalibration2"
+    cache = calibration.read_cache(str(path))
+    assert (cache.version, cache.algorithm) == (100300, "EntropyCalibration2")
+    assert cache.scales == {"input_image": 1.0, "conv1/Relu:0": np.float32(0.02)}
+
+
+@pytest.mark.parametrize("version,number", [("8.6.1", 8601), ("10.3.0", 100300), ("10.16.1.11", 101601),
+                                            ("11.4.0.106", 110400), ("10", 100000)])
+def test_tensorrt_version_numbers_of_cache_headers(version, number):
+    assert calibration.tensorrt_version_number(version) == number
+
+
+def test_cache_version_default_and_rewrite(tmp_path, monkeypatch):
+    monkeypatch.setattr(calibration, "installed_tensorrt_version", lambda: None)
+    assert calibration.write_cache(str(tmp_path / "a.bin"), {"x": 1.0}, "qat") == "TRT-100300-MinMaxCalibration"
+    monkeypatch.setattr(calibration, "installed_tensorrt_version", lambda: "11.4.0.106")
+    assert calibration.write_cache(str(tmp_path / "b.bin"), {"x": 1.0}, "qat") == "TRT-110400-MinMaxCalibration"
+    rewritten = calibration.with_version((tmp_path / "a.bin").read_text(), "10.16.0")
+    assert rewritten == "TRT-101600-MinMaxCalibration\nx: 3c010204\n"
+    with pytest.raises(FrcnnError, match="--trt_version ten: expected MAJOR.MINOR.PATCH"):
+        calibration.tensorrt_version_number("ten")
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.dictionaries(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1).filter(
     lambda s: s.strip() == s), st.floats(2.0 ** -20, 2.0 ** 20, width=32), max_size=8))
 def test_cache_round_trip(scales):
-    text = calibration.format_cache(scales, "MinMaxCalibration")
-    algorithm, parsed = calibration.parse_cache(text)
-    assert algorithm == "MinMaxCalibration" and parsed == scales
+    text = calibration.format_cache(scales, "MinMaxCalibration", "8.6.1")
+    cache = calibration.parse_cache(text)
+    assert (cache.version, cache.algorithm, cache.scales) == (8601, "MinMaxCalibration", scales)
 
 
 def test_malformed_cache_names_the_line(tmp_path):

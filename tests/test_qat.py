@@ -68,7 +68,7 @@ def _check_qat_int8_export(spec_path, checkpoint, tmp_path):
     """A QAT model exports to INT8 from its own ranges: symmetric Q/DQ, a cache, onnxruntime runs it."""
     import onnx
 
-    from frcnn_tf.export import calibration
+    from frcnn_tf.export import calibration, tensorrt_rules
     from frcnn_tf.export.onnx_export import run_export
     from frcnn_tf.predict import OnnxDetector
 
@@ -85,7 +85,12 @@ def _check_qat_int8_export(spec_path, checkpoint, tmp_path):
     weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
     assert len(weights) == 30  # every conv and dense kernel: INT8 constants, a scale per output channel
     assert all(initializers[n.input[0]].dtype == np.int8 and initializers[n.input[1]].ndim == 1 for n in weights)
-    algorithm, scales = calibration.read_cache(str(tmp_path / "qat_int8.cal.bin"))
-    assert algorithm == "MinMaxCalibration" and set(scales) == activations and len(activations) >= 30
+    cache = calibration.read_cache(str(tmp_path / "qat_int8.cal.bin"))
+    assert cache.algorithm == "MinMaxCalibration" and set(cache.scales) == activations and len(activations) >= 30
+    assert tensorrt_rules.check(model) == []  # block 4a's INT8 weights read an INT8 crop (its features' bound)
+    view = tensorrt_rules.GraphView(model)
+    sources = [view.source(n.input[0], tensorrt_rules.QDQ_TRANSPARENT) for n in quantize]
+    crops = [s for s in sources if s is not None and s.op_type == "MatMul" and "roi_pooling" in s.name]
+    assert len(crops) == 1, [s.name for s in sources if s is not None]
     found = OnnxDetector(output)(np.zeros([2, *info["input_shape"]], np.float32))
     assert len(found) == 2

@@ -1,5 +1,6 @@
 """build_engine's TensorRT 10 and 11 paths, driven through a recording stand-in for the `tensorrt`
 module (TensorRT cannot be installed here; the real module is used wherever it is)."""
+import dataclasses
 import json
 import sys
 import types
@@ -27,8 +28,11 @@ def _onnx(path, data_type, qdq=False, cache=None):
     return str(path)
 
 
-def fake_tensorrt(version):
-    """A module with the parts of TensorRT's Python API build_engine uses, recording the calls."""
+def fake_tensorrt(version, parser_errors=(), layer_outputs=("input_image", "conv1/Relu:0")):
+    """A module with the parts of TensorRT's Python API build_engine uses, recording the calls.
+
+    parser_errors: what the ONNX parser reports (it fails when there are any); layer_outputs:
+    the tensor names of the parsed network's layers."""
     calls = {"flags": [], "network_flags": None, "profile": None, "workspace": None}
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -47,22 +51,38 @@ def fake_tensorrt(version):
         def __init__(self, level):
             pass
 
-    class Input:
-        name, shape = "input_image", (-1, 64, 96, 3)
+    class Tensor:
+        def __init__(self, name, shape=None):
+            self.name, self.shape = name, shape
+
+    class Layer:
+        def __init__(self, name):
+            self.num_outputs, self.name = 1, name
+
+        def get_output(self, index):
+            return Tensor(self.name)
 
     class Network:
+        num_inputs, num_layers = 1, len(layer_outputs)
+
         def get_input(self, index):
-            return Input()
+            return Tensor("input_image", (-1, 64, 96, 3))
+
+        def get_layer(self, index):
+            return Layer(layer_outputs[index])
 
     class Parser:
-        num_errors = 0
+        num_errors = len(parser_errors)
 
         def __init__(self, network, logger):
             pass
 
         def parse_from_file(self, path):
             calls["parsed"] = path
-            return True
+            return not parser_errors
+
+        def get_error(self, index):
+            return parser_errors[index]
 
     class Profile:
         def set_shape(self, name, low, opt, high):
@@ -115,8 +135,8 @@ def fake_tensorrt(version):
 
 @pytest.fixture
 def tensorrt(monkeypatch):
-    def install(version):
-        trt, calls = fake_tensorrt(version)
+    def install(version, **kwargs):
+        trt, calls = fake_tensorrt(version, **kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         return calls
     return install
@@ -136,25 +156,87 @@ def test_tensorrt_11_builds_strongly_typed_without_precision_flags(tensorrt, tmp
 
 def test_tensorrt_10_int8_from_the_calibration_cache(tensorrt, tmp_path):
     calls = tensorrt("10.3.0")
-    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"input_image": 127.0}, "entropy")
-    onnx_path = _onnx(tmp_path / "m.onnx", "int8", cache="m.cal.bin")
-    result = build_engine(onnx_path, str(tmp_path / "m.engine"))
-    assert calls["network_flags"] == 0 and calls["flags"] == ["FP16", "INT8"]
+    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"input_image": 127.0, "conv1/Relu:0": 1.0, "gone:0": 1.0},
+                            "entropy", "10.3.0")
+    onnx_path = _onnx(tmp_path / "m.onnx", "fp32")
+    result = build_engine(onnx_path, str(tmp_path / "m.engine"),
+                          EngineOptions(data_type="int8", cal_cache_file=str(tmp_path / "m.cal.bin")))
+    assert calls["network_flags"] == 0 and calls["flags"] == ["INT8"]  # no FP16: box math stays FP32
     calibrator = calls["calibrator"]
     assert type(calibrator).__mro__[1].__name__ == "IInt8EntropyCalibrator2"
     assert calibrator.read_calibration_cache() == (tmp_path / "m.cal.bin").read_bytes()
     assert calibrator.get_batch(["input_image"]) is None and result["mode"].startswith("implicit INT8")
+    assert result["cache_names_found"] == (2, 3) and "2 of 3 tensor names found in the network" in result["mode"]
 
 
-def test_tensorrt_10_qdq_and_fp16_use_builder_flags(tensorrt, tmp_path):
-    calls = tensorrt("10.3.0")
-    build_engine(_onnx(tmp_path / "q.onnx", "int8", qdq=True), str(tmp_path / "q.engine"))
-    assert calls["flags"] == ["FP16", "INT8"] and "calibrator" not in calls
-    calls = tensorrt("10.3.0")
-    build_engine(_onnx(tmp_path / "h.onnx", "fp16"), str(tmp_path / "h.engine"))
+def test_a_cache_for_another_tensorrt_version_is_refused_unless_rewritten(tensorrt, tmp_path):
+    calls = tensorrt("10.16.1.11")
+    cache = tmp_path / "m.cal.bin"
+    calibration.write_cache(str(cache), {"input_image": 127.0}, "entropy", "8.6.1")
+    onnx_path = _onnx(tmp_path / "m.onnx", "fp32")
+    options = EngineOptions(data_type="int8", cal_cache_file=str(cache))
+    with pytest.raises(FrcnnError, match=r"m.cal.bin:1: the cache is for TensorRT version 8601, this is 10.16.1.11 "
+                                         r"\(101601\), which ignores it .* --rewrite_cache_version"):
+        build_engine(onnx_path, str(tmp_path / "m.engine"), options)
+    assert not (tmp_path / "m.engine").exists()
+    build_engine(onnx_path, str(tmp_path / "m.engine"), dataclasses.replace(options, rewrite_cache_version=True))
+    assert calls["calibrator"].read_calibration_cache().startswith(b"TRT-101601-EntropyCalibration2\ninput_image: ")
+    assert cache.read_text().startswith("TRT-8601-")  # the file itself is left as it was
+
+
+def test_a_cache_naming_nothing_in_the_network_is_refused(tensorrt, tmp_path):
+    tensorrt("10.3.0", layer_outputs=("input_image", "other__12:0"))
+    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"conv1/Relu__2236:0": 1.0}, "entropy", "10.3.0")
+    with pytest.raises(FrcnnError, match="none of its 1 tensor names is in the network"):
+        build_engine(_onnx(tmp_path / "m.onnx", "fp32"), str(tmp_path / "m.engine"),
+                     EngineOptions(data_type="int8", cal_cache_file=str(tmp_path / "m.cal.bin")))
+
+
+def test_tensorrt_10_builds_qdq_and_fp16_graphs_strongly_typed(tensorrt, tmp_path):
+    for data_type, qdq in (("int8", True), ("fp16", False), ("fp32", False)):
+        calls = tensorrt("10.3.0")
+        result = build_engine(_onnx(tmp_path / f"{data_type}.onnx", data_type, qdq=qdq),
+                              str(tmp_path / f"{data_type}.engine"))
+        assert calls["network_flags"] == 1 << 5 and calls["flags"] == [] and "calibrator" not in calls
+        assert result["mode"] == "strongly typed" and result["data_type"] == data_type
+    calls = tensorrt("10.3.0")  # weak typing only when asked for
+    build_engine(str(tmp_path / "fp16.onnx"), str(tmp_path / "weak.engine"), EngineOptions(strongly_typed=False))
     assert calls["flags"] == ["FP16"] and calls["network_flags"] == 0
     with pytest.raises(FrcnnError, match="exists; choose another --engine_file or pass --overwrite"):
-        build_engine(str(tmp_path / "h.onnx"), str(tmp_path / "h.engine"))
+        build_engine(str(tmp_path / "fp16.onnx"), str(tmp_path / "fp16.engine"))
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0"])
+def test_a_data_type_the_onnx_does_not_carry_is_an_error(tensorrt, tmp_path, version):
+    tensorrt(version)
+    fp32 = _onnx(tmp_path / "m.onnx", "fp32")
+    with pytest.raises(FrcnnError, match="the ONNX is fp32, and TensorRT builds the precisions the ONNX carries; "
+                                         "export with --data_type fp16"):
+        build_engine(fp32, str(tmp_path / "m.engine"), EngineOptions(data_type="fp16"))
+    int8 = _onnx(tmp_path / "q.onnx", "int8", qdq=True)
+    with pytest.raises(FrcnnError, match="the ONNX is int8"):
+        build_engine(int8, str(tmp_path / "q.engine"), EngineOptions(data_type="fp32"))
+    assert not list(tmp_path.glob("*.engine"))
+
+
+def test_tensorrt_11_has_no_implicit_int8(tensorrt, tmp_path):
+    tensorrt("11.4.0.106")
+    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"input_image": 127.0}, "entropy", "11.4.0")
+    with pytest.raises(FrcnnError, match="TensorRT 11 has no implicit INT8 .* export the model with --data_type int8"):
+        build_engine(_onnx(tmp_path / "m.onnx", "fp32"), str(tmp_path / "m.engine"),
+                     EngineOptions(data_type="int8", cal_cache_file=str(tmp_path / "m.cal.bin")))
+    tensorrt("10.3.0")
+    with pytest.raises(FrcnnError, match="INT8 from a calibration cache needs a weakly typed network"):
+        build_engine(str(tmp_path / "m.onnx"), str(tmp_path / "m.engine"),
+                     EngineOptions(data_type="int8", cal_cache_file=str(tmp_path / "m.cal.bin"), strongly_typed=True))
+
+
+def test_a_parser_error_is_one_error_naming_the_onnx(tensorrt, tmp_path):
+    tensorrt("10.3.0", parser_errors=("In node 355 (importEyeLike): UNSUPPORTED_NODE: Eyelike does not work for "
+                                      "dynamically shaped tensors.",))
+    with pytest.raises(FrcnnError, match=r"m.onnx: TensorRT's ONNX parser failed: In node 355 \(importEyeLike\)"):
+        build_engine(_onnx(tmp_path / "m.onnx", "fp32"), str(tmp_path / "m.engine"))
+    assert not (tmp_path / "m.engine").exists()
 
 
 def test_missing_tensorrt_is_exit_status_2(monkeypatch, tmp_path):

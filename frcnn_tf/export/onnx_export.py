@@ -11,12 +11,16 @@ explicit Q/DQ quantization plus a TensorRT calibration cache, the ranges calibra
 on images for a float model or read from a QAT model's fake-quant ops.
 """
 import dataclasses
+import hashlib
 import json
 import os
+import re
 
 import onnx
 import tensorflow as tf
+from onnx import numpy_helper
 import tf2onnx
+from tf2onnx import optimizer as tf2onnx_optimizers
 from absl import logging
 from tqdm import tqdm
 
@@ -30,6 +34,11 @@ from frcnn_tf.train import checkpoints
 
 OPSET = 17
 OUTPUT_NAMES = ("boxes", "scores", "classes", "num_detections")
+# tf2onnx's graph optimizers less merge_duplication, which keeps one of two identical nodes (with
+# its name) in an order that varies between processes: tensor names must not (calibration caches).
+STABLE_OPTIMIZERS = {name: optimizer for name, optimizer in tf2onnx_optimizers._get_optimizers().items()
+                     if name != "merge_duplication"}
+GENERATED_NAME = re.compile(r"__(\d+)(?=:\d+$|$|/)")  # tf2onnx's make_name suffix
 
 
 def check_for_tensorrt(model, path):
@@ -51,6 +60,52 @@ def _check_tensorrt_limits(section, section_name, source):
                         "boxes of an image (NvInfer.h INMSLayer), so the lowest-scoring proposals never take part "
                         "there (onnxruntime and Keras use all of them)", section_name, section.rpn_pre_nms_top_N,
                         NMS_MAX_BOXES)
+
+
+def _stable_generated_names(model):
+    """Renames tf2onnx's generated names (`NAME__N`) after what they compute: `OP__<hash>`.
+
+    tf2onnx numbers the names it makes with a process-wide counter, and which of two merged
+    duplicate nodes survives (with its name) varies between processes, so the same model
+    exported twice had different tensor names, and a calibration cache (which names tensors)
+    fitted only the graph exported in the same run. The hash covers the producing op, its
+    attributes and the hashes (or stable TensorFlow names) of its inputs, or an initializer's
+    value: names now depend on the graph alone. Identical computations share a hash and are
+    told apart by a count.
+    """
+    graph = model.graph
+    digests, names, taken, node_names = {}, {}, {}, {}
+
+    def digest_of(name):
+        return digests.get(name, name)
+
+    def assign(old, kind, digest):
+        digests[old] = digest
+        base = f"{kind}__{digest[:10]}"
+        taken[base] = taken.get(base, -1) + 1
+        names[old] = (base if not taken[base] else f"{base}_{taken[base]}") + old[GENERATED_NAME.search(old).end():]
+
+    for initializer in graph.initializer:
+        if GENERATED_NAME.search(initializer.name):
+            value = numpy_helper.to_array(initializer)
+            assign(initializer.name, "const", hashlib.sha1(repr((value.dtype, value.shape)).encode()
+                                                           + value.tobytes()).hexdigest())
+    for node in graph.node:  # graph order is topological: inputs have their digests first
+        recipe = repr((node.op_type, node.domain, [digest_of(n) for n in node.input],
+                       sorted(a.SerializeToString() for a in node.attribute)))
+        digest = hashlib.sha1(recipe.encode()).hexdigest()
+        for index, output in enumerate(node.output):
+            if GENERATED_NAME.search(output):
+                assign(output, node.op_type, f"{digest}{index}")
+        if GENERATED_NAME.search(node.name):
+            base = f"{node.op_type}__{digest[:10]}"
+            node_names[base] = node_names.get(base, -1) + 1
+            node.name = base if not node_names[base] else f"{base}_{node_names[base]}"
+    for node in graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    for value in (*graph.initializer, *graph.input, *graph.output, *graph.value_info):
+        value.name = names.get(value.name, value.name)
 
 
 def _drop_unused_domains(model):
@@ -99,9 +154,9 @@ def export_graph(model, metadata, spec, section):
                                                  section.classifier_nms_overlap_threshold,
                                                  section.classifier_nms_max_boxes)
     signature = (tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="input_image"),)
-    tf2onnx.utils.INTERNAL_NAME = 1  # tf2onnx numbers the names it makes process-wide: same graph, same names
     proto, _ = tf2onnx.convert.from_keras(detector, input_signature=signature, opset=OPSET,
-                                          custom_op_handlers=dict(tf2onnx_handlers.HANDLERS))
+                                          custom_op_handlers=dict(tf2onnx_handlers.HANDLERS),
+                                          optimizers=STABLE_OPTIMIZERS)
     leftover = sorted(onnx_graph.op_types(proto) & {"FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs"})
     if leftover:
         raise FrcnnError("the QAT model has empty quantization ranges (fake-quant min == max): train it for at "
@@ -111,6 +166,7 @@ def export_graph(model, metadata, spec, section):
         raise FrcnnError(f"tf2onnx could not lower {', '.join(unconverted)} to ONNX (see its log above)")
     _rename_outputs(proto)
     _drop_unused_domains(proto)
+    _stable_generated_names(proto)
     info = {"class_names": [n for n in names if n != "background"], "input_shape": list(model.input_shape[1:]),
             "qat": bool(metadata.get("qat")), **preprocessing_metadata(spec)}
     return proto, info
