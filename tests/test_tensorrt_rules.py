@@ -147,6 +147,13 @@ def test_int8_weights_need_an_int8_activation():
                     ("wz", np.zeros(2, np.int8))])
     assert _rules(model) == [("conv", "INT8 weights with a float activation (x): quantize the input too or keep "
                                       "the weights float")]
+    # A MatMul of two activations (the RoI crop) may read one dequantized activation: no weights there
+    nodes = [helper.make_node("QuantizeLinear", ["f", "s", "z"], ["fq"], name="q"),
+             helper.make_node("DequantizeLinear", ["fq", "s", "z"], ["fd"], name="dq"),
+             helper.make_node("MatMul", ["x", "fd"], ["y"], name="crop")]
+    model = _model(nodes, [_value("x", [2, 3]), _value("f", [3, 4])], [_value("y", None)],
+                   [("s", np.float32(0.1)), ("z", np.int8(0))])
+    assert _rules(model) == []
 
 
 def test_every_rule_has_a_test():

@@ -200,9 +200,11 @@ def quantize_for_tensorrt(model, amax_by_tensor):
     residual = _residual_adds(graph)
     builder, nodes = _QdqBuilder(graph), []
     for node in graph.node:
-        quantized = (range(1) if node.op_type in WEIGHT_AXIS and node.input[1] in initializers
-                     else range(2) if node.name in residual else ())
-        for index in quantized:
+        if node.op_type in WEIGHT_AXIS and node.input[1] in initializers:
+            activations = [0]
+        else:
+            activations = [0, 1] if node.name in residual else []
+        for index in activations:
             if node.input[index] in amax_by_tensor:
                 node.input[index] = builder.pair(node.input[index], amax_by_tensor[node.input[index]])
         _quantize_weights(node, builder, initializers)

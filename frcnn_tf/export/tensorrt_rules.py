@@ -267,8 +267,8 @@ def rule_weight_needs_activation(view):
         if index is None or len(node.input) <= index:
             continue
         weight = view.source(node.input[index], QDQ_TRANSPARENT)
-        if weight is None or weight.op_type != "DequantizeLinear":
-            continue
+        if weight is None or weight.op_type != "DequantizeLinear" or view.constant(weight.input[0]) is None:
+            continue  # not an INT8 constant: a MatMul of two activations (the RoI crop) may read one DQ
         activation = view.source(node.input[0], QDQ_TRANSPARENT)
         if activation is None or activation.op_type != "DequantizeLinear":
             yield Violation(node.name, node.op_type, f"INT8 weights with a float activation ({node.input[0]}): "
