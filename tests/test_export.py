@@ -198,3 +198,33 @@ def test_build_engine_without_tensorrt_exits_2_and_says_what_is_ready(exported_f
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "TensorRT is not installed" in line and "frcnn_int8.onnx is ready" in line and "frcnn_int8.cal.bin" in line
     assert not (tmp_path / "frcnn.engine").exists()
+
+
+def test_calibration_flags_and_images_are_checked_before_the_conversion(exported, traffic_lights, tmp_path, caplog):
+    """F13: bad calibration options are one line before any work; unreadable images are named and skipped."""
+    import dataclasses
+
+    from frcnn_tf.export.onnx_export import Int8Options, calibration_images
+
+    path, checkpoint, _ = exported
+    for options, message in ((Int8Options(batch_size=0), "--batch_size 0: calibration needs at least 1"),
+                             (Int8Options(batches=-1), "--batches -1: calibration needs at least 1"),
+                             (Int8Options(cal_image_dir=str(tmp_path / "missing")), "images directory not found")):
+        with pytest.raises(FrcnnError, match=message):
+            run_export(path, checkpoint, str(tmp_path / "m.onnx"), "int8", int8=options)
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.cal.bin"))
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    (folder / "a_broken.jpg").write_bytes(b"not a jpeg")
+    good = sorted((traffic_lights / "images").glob("*.jpg"))[:2]
+    for image in good:
+        (folder / image.name).write_bytes(image.read_bytes())
+    options = Int8Options(cal_image_dir=str(folder), batch_size=2, batches=2)
+    with caplog.at_level("WARNING"):
+        assert calibration_images(options) == [str(folder / image.name) for image in good]
+    assert f"{folder / 'a_broken.jpg'}: unreadable image" in caplog.text
+    assert "calibrating on 2 images" in caplog.text and "fewer than --batches 2 x --batch_size 2" in caplog.text
+    (folder / good[0].name).unlink()
+    (folder / good[1].name).unlink()
+    with pytest.raises(FrcnnError, match="no calibration image decodes"):
+        calibration_images(dataclasses.replace(options))

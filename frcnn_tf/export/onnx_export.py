@@ -172,16 +172,38 @@ def export_graph(model, metadata, spec, section):
     return proto, info
 
 
-def calibration_batches(spec, options):
-    """Up to options.batches batches of network inputs (NumPy), from --cal_image_dir or else the
-    training folds (augmented, as TLT calibrates)."""
+def calibration_images(options):
+    """The --cal_image_dir files calibration reads: the first batches x batch_size that decode; the
+    others are named in a warning. A folder without any is a FrcnnError."""
+    from frcnn_tf.data.pipeline import image_problem
+    from frcnn_tf.inference import list_images
+
+    wanted, paths = options.batches * options.batch_size, []
+    for path in list_images(options.cal_image_dir):
+        problem = image_problem(path)
+        if problem:
+            logging.warning("%s; not used for calibration", problem)
+            continue
+        paths.append(path)
+        if len(paths) == wanted:
+            break
+    if not paths:
+        raise FrcnnError(f"{options.cal_image_dir}: no calibration image decodes")
+    if len(paths) < wanted:
+        logging.warning("calibrating on %d images from %s, fewer than --batches %d x --batch_size %d", len(paths),
+                        options.cal_image_dir, options.batches, options.batch_size)
+    return paths
+
+
+def calibration_batches(spec, options, image_paths=None):
+    """Up to options.batches batches of network inputs (NumPy), from `image_paths` (see
+    calibration_images) or else the training folds (augmented, as TLT calibrates)."""
     from frcnn_tf.data.pipeline import InputPipeline
-    from frcnn_tf.inference import image_dataset, list_images
+    from frcnn_tf.inference import image_dataset
 
     pipeline = InputPipeline(spec)
-    if options.cal_image_dir:
-        data = image_dataset(pipeline, list_images(options.cal_image_dir), options.batch_size).map(
-            lambda images, scale, size: images)
+    if image_paths:
+        data = image_dataset(pipeline, image_paths, options.batch_size).map(lambda images, scale, size: images)
     else:
         data = pipeline.dataset(training=True, batch_size=options.batch_size).map(lambda batch: batch["images"])
     return (images.numpy() for images in data.take(options.batches))
@@ -206,12 +228,13 @@ def calibrate(proto, batches, method="entropy", percentile=99.99):
     return {name: calibration.amax_of(histogram, method, percentile) for name, histogram in histograms.items()}
 
 
-def quantize_int8(proto, info, spec, options):
+def quantize_int8(proto, info, spec, options, image_paths=None):
     """(Q/DQ ONNX, {tensor: amax}, cache method) for a float (calibrated) or QAT graph."""
     if info["qat"]:
         quantized, ranges = onnx_graph.symmetric_qat_ranges(proto)
         return quantized, ranges, "qat"
-    ranges = calibrate(proto, calibration_batches(spec, options), options.calibrator, options.percentile)
+    ranges = calibrate(proto, calibration_batches(spec, options, image_paths), options.calibrator,
+                       options.percentile)
     return onnx_graph.quantize_for_tensorrt(proto, ranges), ranges, options.calibrator
 
 
@@ -231,7 +254,14 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
     _check_tensorrt_limits(section, section_name, source)
     if int8.calibrator not in calibration.CALIBRATORS:
         raise FrcnnError(f"--calibrator {int8.calibrator}: choose one of {', '.join(calibration.CALIBRATORS)}")
+    for flag, value in (("--batch_size", int8.batch_size), ("--batches", int8.batches)):
+        if data_type == "int8" and value < 1:
+            raise FrcnnError(f"{flag} {value}: calibration needs at least 1")
+    if data_type == "int8" and not 0 < int8.percentile <= 100:
+        raise FrcnnError(f"--percentile {int8.percentile}: choose a value in (0, 100]")
     model, metadata = checkpoints.load_model(model_path, key=checkpoints.model_key(spec, key))
+    image_paths = calibration_images(int8) if data_type == "int8" and int8.cal_image_dir and not metadata.get(
+        "qat") else None  # checked before the conversion, which takes minutes
     if None in model.input_shape[1:3]:
         raise FrcnnError(f"{model_path}: export needs a fixed input size (size_height_width in the spec)")
     if metadata.get("qat") and data_type == "fp16":
@@ -240,7 +270,7 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
     if data_type == "fp16":
         proto = onnx_graph.to_float16(proto)
     elif data_type == "int8":
-        proto, ranges, method = quantize_int8(proto, info, spec, int8)
+        proto, ranges, method = quantize_int8(proto, info, spec, int8, image_paths)
         info["cal_cache_file"] = os.path.basename(cache_path)
         info["calibrator"] = method
     info["data_type"] = data_type

@@ -245,7 +245,35 @@ def symmetric_qat_ranges(model):
                 node.input[0] = builder.pair(node.input[0], amax)
         nodes += builder.drain()
         nodes.append(node)
-    return _finish(model, nodes), amax_by_tensor
+    return _finish(model, _dequantize_before_shape_ops(nodes, initializers)), amax_by_tensor
+
+
+def _dequantize_before_shape_ops(nodes, initializers):
+    """Nodes with Q -> shape op -> DQ (tf2onnx's transpose optimizer moves the NCHW -> NHWC Transpose
+    of the RPN outputs between the pair) reordered as Q -> DQ -> shape op: the same values for a
+    per-tensor scale, and no INT8 tensor into a Transpose or Reshape, whose TensorRT importers take
+    float and integer types only (operators.md)."""
+    producers = {output: node for node in nodes for output in node.output}
+    consumers = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    moved, reordered = {}, []
+    for node in nodes:
+        source = producers.get(node.input[0]) if node.input else None
+        readers = consumers.get(node.output[0], []) if node.output else []
+        if (node.op_type in SHAPE_OPS and source is not None and source.op_type == "QuantizeLinear"
+                and len(readers) == 1 and readers[0].op_type == "DequantizeLinear"
+                and numpy_helper.to_array(initializers[readers[0].input[1]]).ndim == 0):
+            dequantize = readers[0]
+            moved[dequantize.name] = node  # emitted after the DQ, which now reads the Q output
+            dequantize.input[0], node.input[0] = node.input[0], f"{node.output[0]}__dq"
+            node.output[0], dequantize.output[0] = dequantize.output[0], f"{node.output[0]}__dq"
+            continue
+        reordered.append(node)
+        if node.name in moved:
+            reordered.append(moved.pop(node.name))
+    return reordered
 
 
 def _dequantized(producers, name):
