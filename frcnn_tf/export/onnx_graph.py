@@ -182,31 +182,21 @@ def _quantize_weights(node, builder, initializers):
     return True
 
 
-def _residual_adds(graph):
-    """Names of the body's Adds that join two activations (the residual shortcuts; bias Adds read a weight)."""
-    initializers = {i.name for i in graph.initializer}
-    body = body_nodes(graph)
-    return {n.name for n in graph.node if n.op_type == "Add" and n.name in body
-            and not any(name in initializers for name in n.input)}
-
-
 def quantize_for_tensorrt(model, amax_by_tensor):
-    """Copy of a float `model` with Q/DQ on each Conv/MatMul's activation input and on both inputs
-    of each residual Add (TensorRT's Q/DQ placement: the Add then fuses into the conv before it),
-    ranges from `amax_by_tensor` (inputs without a range stay float), and on the weights."""
+    """Copy of a float `model` with Q/DQ on each Conv/MatMul's activation input (ranges from
+    `amax_by_tensor`; inputs without a range stay float) and on its weights.
+
+    Residual Adds stay float: with Q/DQ on their inputs (TensorRT's placement for fusing the Add
+    into the conv) the entropy-calibrated main-job model lost half its mAP (0.0143 -> 0.0071 in
+    onnxruntime), so that waits for calibration that measures what it clips (issue 16).
+    """
     model = _copy(model)
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    residual = _residual_adds(graph)
     builder, nodes = _QdqBuilder(graph), []
     for node in graph.node:
-        if node.op_type in WEIGHT_AXIS and node.input[1] in initializers:
-            activations = [0]
-        else:
-            activations = [0, 1] if node.name in residual else []
-        for index in activations:
-            if node.input[index] in amax_by_tensor:
-                node.input[index] = builder.pair(node.input[index], amax_by_tensor[node.input[index]])
+        if node.op_type in WEIGHT_AXIS and node.input[1] in initializers and node.input[0] in amax_by_tensor:
+            node.input[0] = builder.pair(node.input[0], amax_by_tensor[node.input[0]])
         _quantize_weights(node, builder, initializers)
         nodes += builder.drain()
         nodes.append(node)
