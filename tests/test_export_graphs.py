@@ -97,3 +97,25 @@ def test_combined_nms_lowering_equals_tensorflow(batch, max_total):
     assert expected[3].max() < max_total or max_total == 20
     for got, want in zip(found[:3], expected[:3]):
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_detections_on_the_image_edge_keep_their_class_in_onnx():
+    """Per-class NMS shifts boxes by class * (max(H, W) + 1); a box at y1 = 0 of class c sits exactly on
+    c * offset, where onnxruntime's x * (1 / offset) fell one class short before the +0.5 guard."""
+    from frcnn_tf.model.layers import detect
+
+    rois = np.array([[[0.0, 10.0, 50.0, 60.0], [0.0, 100.0, 40.0, 180.0], [20.0, 0.0, 90.0, 70.0]]], np.float32)
+    probabilities = np.array([[[0.1, 0.8, 0.05, 0.05], [0.05, 0.1, 0.8, 0.05], [0.7, 0.1, 0.1, 0.1]]], np.float32)
+    deltas = np.zeros([1, 3, 12], np.float32)
+
+    def run(r, p, d):
+        return detect(r, p, d, 192, 320, (10.0, 10.0, 5.0, 5.0), 0.5, 0.3, 4)
+
+    expected = [t.numpy() for t in run(rois, probabilities, deltas)]
+    np.testing.assert_array_equal(expected[2][0, :3], [1, 2, 0])
+    np.testing.assert_allclose(expected[0][0, :3], rois[0, [0, 1, 2]], atol=1e-4)
+    _, onnx_run = _to_onnx(run, tf.TensorSpec([None, 3, 4]), tf.TensorSpec([None, 3, 4]),
+                           tf.TensorSpec([None, 3, 12]))
+    found = onnx_run(rois, probabilities, deltas)
+    np.testing.assert_array_equal(found[2], expected[2])
+    np.testing.assert_allclose(found[0], expected[0], atol=1e-4)

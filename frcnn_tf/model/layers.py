@@ -184,7 +184,9 @@ def detect(rois, probabilities, deltas, image_height, image_width, weights, scor
         shifted, tf.reshape(scores, [shape[0], candidates, 1]), max_output_size_per_class=max_boxes,
         max_total_size=max_boxes, iou_threshold=nms_iou, score_threshold=score_threshold, pad_per_class=False,
         clip_boxes=False)
-    classes = tf.floor(kept[..., 0] / offset)
+    # y1 + 0.5 lies in [0.5, H + 0.5], inside (0, offset): the class survives rounding in the division
+    # (onnxruntime multiplies by 1 / offset, which put boxes at y1 = 0 one class down)
+    classes = tf.floor((kept[..., 0] + 0.5) / offset)
     boxes = kept - classes[..., tf.newaxis] * offset
     valid_rows = tf.range(max_boxes)[tf.newaxis] < valid[:, tf.newaxis]
     boxes = tf.where(valid_rows[..., tf.newaxis], boxes, 0.0)
