@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from frcnn_tf.export.onnx_export import Int8Options, run_export
+    from frcnn_tf.export.onnx_export import OUTPUT_NAMES, Int8Options, run_export
 
     int8 = Int8Options(cal_cache_file=FLAGS.cal_cache_file, cal_image_dir=FLAGS.cal_image_dir,
                        batch_size=FLAGS.batch_size, batches=FLAGS.batches, calibrator=FLAGS.calibrator,
@@ -36,7 +36,7 @@ def main(argv):
     if info.get("cal_cache_header"):
         print(f"wrote {info['cal_cache_path']} ({info['cal_cache_header']}, {info['calibrator']})")
     print(f"wrote {FLAGS.output_file} ({FLAGS.data_type}; input input_image {['N', *info['input_shape']]}; outputs "
-          f"boxes, scores, classes, num_detections; TensorRT 10/11 parser rules: 0 problems)")
+          f"{', '.join(OUTPUT_NAMES)}; TensorRT 10/11 parser rules: 0 problems)")
     if FLAGS.engine_file:
         from frcnn_tf.cli.build_engine import describe
         from frcnn_tf.export.tensorrt_engine import EngineOptions, build_engine

@@ -74,16 +74,18 @@ def _stable_generated_names(model):
     told apart by a count.
     """
     graph = model.graph
-    digests, names, taken, node_names = {}, {}, {}, {}
+    digests, names, counts = {}, {}, {}
 
     def digest_of(name):
         return digests.get(name, name)
 
+    def unique(base):
+        counts[base] = counts.get(base, -1) + 1
+        return base if not counts[base] else f"{base}_{counts[base]}"
+
     def assign(old, kind, digest):
         digests[old] = digest
-        base = f"{kind}__{digest[:10]}"
-        taken[base] = taken.get(base, -1) + 1
-        names[old] = (base if not taken[base] else f"{base}_{taken[base]}") + old[GENERATED_NAME.search(old).end():]
+        names[old] = unique(f"{kind}__{digest[:10]}") + old[GENERATED_NAME.search(old).end():]
 
     for initializer in graph.initializer:
         if GENERATED_NAME.search(initializer.name):
@@ -98,9 +100,7 @@ def _stable_generated_names(model):
             if GENERATED_NAME.search(output):
                 assign(output, node.op_type, f"{digest}{index}")
         if GENERATED_NAME.search(node.name):
-            base = f"{node.op_type}__{digest[:10]}"
-            node_names[base] = node_names.get(base, -1) + 1
-            node.name = base if not node_names[base] else f"{base}_{node_names[base]}"
+            node.name = unique(f"{node.op_type}__{digest[:10]}_node")
     for node in graph.node:
         node.input[:] = [names.get(n, n) for n in node.input]
         node.output[:] = [names.get(n, n) for n in node.output]
@@ -143,7 +143,7 @@ class Int8Options:
     batches: int = 10
     calibrator: str = "entropy"
     percentile: float = 99.99
-    trt_version: str = None  # TensorRT version written in the cache header (calibration.cache_header)
+    trt_version: str = None  # TensorRT version written in the cache header (calibration.write_cache)
 
 
 def export_graph(model, metadata, spec, section):
