@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from frcnn_tf.data.pipeline import InputPipeline
-from frcnn_tf.predict import load_detector
+from frcnn_tf.detectors import load_detector
 from frcnn_tf.spec import load_experiment_spec
 
 flags.DEFINE_string("experiment_spec", None, "Spec of the model (validation data, NMS).", short_name="e")

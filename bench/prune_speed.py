@@ -14,10 +14,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from frcnn_tf.model.frcnn import FasterRCNN, ProposalSettings
+from frcnn_tf.model.frcnn import FasterRCNN
+from frcnn_tf.settings import DetectionSettings
+from frcnn_tf.spec.derived import regression_weights
 from frcnn_tf.prune import SCORES, PruneOptions, prune_model
 from frcnn_tf.spec import load_experiment_spec
-from frcnn_tf.train import checkpoints
+from frcnn_tf.model import checkpoints
 
 flags.DEFINE_string("model", None, "Trained model (.hdf5).", short_name="m")
 flags.DEFINE_string("experiment_spec", None, "Spec; its evaluation_config sets the RoI count.", short_name="e")
@@ -47,9 +49,9 @@ def macs(model, rois):
 
 
 def seconds_per_image(model, spec, runs):
-    frcnn = FasterRCNN(model)
-    frcnn.configure_proposals(ProposalSettings.of(spec.evaluation_config))
-    infer = tf.function(lambda images: frcnn.model(images, training=False))
+    detector = FasterRCNN(model).detection_model(DetectionSettings.from_section(
+        spec.evaluation_config, regression_weights(spec.training_config)))
+    infer = tf.function(lambda images: detector(images, training=False))
     images = tf.random.normal([1, *model.input_shape[1:]]) * 50
     [t.numpy() for t in infer(images)]
     start = time.perf_counter()

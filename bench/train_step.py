@@ -16,10 +16,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from frcnn_tf.model.frcnn import FasterRCNN, ProposalSettings, build_model
+from frcnn_tf import schedules
+from frcnn_tf.model.frcnn import build_model
+from frcnn_tf.settings import DetectionSettings
 from frcnn_tf.spec import load_experiment_spec
-from frcnn_tf.train import schedules
-from frcnn_tf.train.trainer import TrainStep, amp_policy
+from frcnn_tf.spec.derived import regression_weights
+from frcnn_tf.train.trainer import TrainStep, amp_policy, training_frcnn
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 flags.DEFINE_string("spec", str(REPO / "specs" / "frcnn_resnet18_train.txt"), "Experiment spec.")
@@ -58,7 +60,7 @@ def main(argv):
     spec = load_experiment_spec(FLAGS.spec)
     size = spec.model_config.input_image_config.size_height_width
     rng = np.random.default_rng(0)
-    frcnn = FasterRCNN(build_model(spec))
+    frcnn = training_frcnn(build_model(spec), spec)
     optimizer = schedules.build_optimizer(spec.training_config.optimizer,
                                           schedules.build_schedule(spec.training_config.learning_rate, 1000))
     step = TrainStep(spec, frcnn, optimizer, tf.distribute.get_strategy())
@@ -72,8 +74,9 @@ def main(argv):
         seconds = _time(lambda: step.step(batch, seed)["total"].numpy(), FLAGS.steps)
         result["train"].append({"batch_size": batch_size, "s_per_step": round(seconds, 3),
                                 "s_per_image": round(seconds / batch_size, 3)})
-    frcnn.configure_proposals(ProposalSettings.of(spec.evaluation_config))
-    infer = tf.function(lambda images: frcnn.model(images, training=False))
+    detector = frcnn.detection_model(DetectionSettings.from_section(spec.evaluation_config,
+                                                                    regression_weights(spec.training_config)))
+    infer = tf.function(lambda images: detector(images, training=False))
     images = _batch(1, size.height, size.width, rng)["images"]
     seconds = _time(lambda: [t.numpy() for t in infer(images)], FLAGS.steps)
     result["inference"].append({"batch_size": 1, "rois": spec.evaluation_config.rpn_nms_max_boxes,

@@ -13,14 +13,23 @@ import tensorflow as tf
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)  # caps exp() in decode, as torchvision
 
 
+def coordinates(boxes, what="boxes"):
+    """The four [...] tensors of boxes or deltas [..., 4]; ValueError for another last dimension."""
+    boxes = tf.convert_to_tensor(boxes)
+    if boxes.shape.rank == 0 or boxes.shape[-1] not in (None, 4):
+        raise ValueError(f"{what} need 4 numbers in the last dimension, got shape {boxes.shape}")
+    return tf.unstack(boxes, num=4, axis=-1)
+
+
 def area(boxes):
     """[..., 4] -> [...]: box areas (0 for empty boxes)."""
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    y1, x1, y2, x2 = coordinates(boxes)
     return tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
 
 
 def iou(boxes_a, boxes_b):
     """[..., N, 4] x [..., M, 4] -> [..., N, M] intersection over union (0 where both are empty)."""
+    coordinates(boxes_a), coordinates(boxes_b)  # shape guards
     a = boxes_a[..., :, tf.newaxis, :]
     b = boxes_b[..., tf.newaxis, :, :]
     top_left = tf.maximum(a[..., :2], b[..., :2])
@@ -32,7 +41,7 @@ def iou(boxes_a, boxes_b):
 
 
 def _centre_size(boxes):
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    y1, x1, y2, x2 = coordinates(boxes)
     return (y1 + y2) / 2.0, (x1 + x2) / 2.0, y2 - y1, x2 - x1
 
 
@@ -50,7 +59,7 @@ def decode(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     """Inverse of `encode`: boxes [..., 4] from deltas and anchors."""
     acy, acx, ah, aw = _centre_size(anchors)
     wy, wx, wh, ww = weights
-    dy, dx, dh, dw = tf.unstack(deltas, axis=-1)
+    dy, dx, dh, dw = coordinates(deltas, "deltas")
     cy, cx = dy / wy * ah + acy, dx / wx * aw + acx
     h = tf.exp(tf.minimum(dh / wh, BBOX_XFORM_CLIP)) * ah
     w = tf.exp(tf.minimum(dw / ww, BBOX_XFORM_CLIP)) * aw
@@ -82,5 +91,5 @@ def anchor_boxes(feature_height, feature_width, stride, scales, ratios):
 
 def inside(boxes, height, width):
     """[..., 4] -> bool [...]: boxes entirely within the image."""
-    y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
+    y1, x1, y2, x2 = coordinates(boxes)
     return (y1 >= 0) & (x1 >= 0) & (y2 <= tf.cast(height, boxes.dtype)) & (x2 <= tf.cast(width, boxes.dtype))

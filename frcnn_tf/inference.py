@@ -1,19 +1,17 @@
 """inference: annotated images and KITTI label files for a folder of images."""
-import io
 import os
 
-import tensorflow as tf
 from absl import logging
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from frcnn_tf.data.pipeline import InputPipeline, decode_image, image_problem
+from frcnn_tf.data.images import images_with_paths, list_images
+from frcnn_tf.data.pipeline import InputPipeline, image_problem
+from frcnn_tf.detectors import load_detector, to_file_pixels
+from frcnn_tf.drawing import annotate
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.evaluate import PLOT_COLORS
 from frcnn_tf.io_utils import atomic_write_bytes, atomic_write_text, refuse_to_overwrite
-from frcnn_tf.predict import to_file_pixels
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+from frcnn_tf.spec import parse_experiment_spec
+from frcnn_tf.spec.validate import require_section
 
 
 def kitti_lines(found, names, threshold):
@@ -23,52 +21,6 @@ def kitti_lines(found, names, threshold):
         if score >= threshold:
             lines.append(f"{names[cls]} 0 0 0 {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f} 0 0 0 0 0 0 0 {score:.7f}")
     return lines
-
-
-def annotate(path, found, names, threshold, captions):
-    """The image at `path` with boxes (and `class: score` captions) drawn, as encoded bytes."""
-    with Image.open(path) as source:
-        image = source.convert("RGB")
-    draw = ImageDraw.Draw(image)
-    for (y1, x1, y2, x2), score, cls in zip(found["boxes"], found["scores"], found["classes"]):
-        if score < threshold:
-            continue
-        color = PLOT_COLORS[cls % len(PLOT_COLORS)]
-        draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
-        if captions:
-            draw.text((x1 + 2, max(y1 - 12, 0)), f"{names[cls]}: {score:.2f}", fill=color)
-    out = io.BytesIO()
-    image.save(out, format="PNG" if path.lower().endswith(".png") else "JPEG", quality=95)
-    return out.getvalue()
-
-
-def list_images(images_dir):
-    if not os.path.isdir(images_dir):
-        raise FrcnnError(f"{images_dir}: images directory not found")
-    paths = sorted(os.path.join(images_dir, n) for n in os.listdir(images_dir) if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not paths:
-        raise FrcnnError(f"{images_dir}: no .jpg/.jpeg/.png images")
-    return paths
-
-
-def _load(pipeline, path):
-    image = decode_image(tf.io.read_file(path))
-    placed, scale = pipeline.place(image)
-    return placed, scale, tf.shape(image)[:2]
-
-
-def _images_with_paths(pipeline, paths, batch_size):
-    """Batches of (path, network input, scale, file size (h, w)) for image files, preprocessed like training
-    data; files that do not decode are left out."""
-    data = tf.data.Dataset.from_tensor_slices(paths)
-    data = data.map(lambda path: (path, *_load(pipeline, path)), num_parallel_calls=tf.data.AUTOTUNE)
-    return data.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def image_dataset(pipeline, paths, batch_size):
-    """Batches of (network input, scale, file size (h, w)) for the image files that decode."""
-    return _images_with_paths(pipeline, paths, batch_size).map(lambda path, images, scale, size: (images, scale,
-                                                                                                   size))
 
 
 def _skip_until(remaining, path, skipped):
@@ -88,7 +40,7 @@ def infer_folder(spec, detector, paths, image_out, labels_out, config):
     names = detector.class_names
     bar = tqdm(total=len(paths), desc="inference", unit="img", disable=None)
     remaining = iter(paths)
-    for batch_paths, images, scales, sizes in _images_with_paths(InputPipeline(spec), paths, config.batch_size):
+    for batch_paths, images, scales, sizes in images_with_paths(InputPipeline(spec), paths, config.batch_size):
         for path, found, scale, size in zip(batch_paths.numpy(), detector(images), scales.numpy(), sizes.numpy()):
             path = path.decode()
             _skip_until(remaining, path, skipped)
@@ -123,11 +75,10 @@ def _stem(path):
 
 def run_inference(spec_path, model_path=None, images_dir=None, image_out=None, labels_out=None, overwrite=False,
                   key=None):
-    """Inference per the spec's inference_config, with command-line overrides; returns detections."""
-    from frcnn_tf.predict import load_detector
-    from frcnn_tf.spec import parse_experiment_spec
-    from frcnn_tf.spec.validate import require_section
+    """Inference per the spec's inference_config, with command-line overrides.
 
+    Returns {'detections': {path: detections}, 'skipped': [unreadable paths], 'image_out', 'labels_out'}.
+    """
     spec, source = parse_experiment_spec(spec_path)
     config = require_section(spec, source, "inference_config")
     model_path = model_path or config.model
@@ -143,6 +94,4 @@ def run_inference(spec_path, model_path=None, images_dir=None, image_out=None, l
     _check_outputs(paths, image_out, labels_out, overwrite)
     detector = load_detector(model_path, spec, config, key)
     results, skipped = infer_folder(spec, detector, paths, image_out, labels_out, config)
-    unreadable = f" ({len(skipped)} unreadable images skipped, listed above)" if skipped else ""
-    print(f"{len(results)} images{unreadable}; annotated images: {image_out or '-'}; labels: {labels_out or '-'}")
-    return results
+    return {"detections": results, "skipped": skipped, "image_out": image_out, "labels_out": labels_out}

@@ -23,6 +23,7 @@ from absl import logging
 from frcnn_tf import quantize
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.io_utils import refuse_to_overwrite
+from frcnn_tf.model import checkpoints
 
 EQUALIZATIONS = {"union": np.max, "intersection": np.min, "arithmetic_mean": np.mean,
                  "geometric_mean": lambda stats, axis: np.exp(np.mean(np.log(np.maximum(stats, 1e-12)), axis=axis))}
@@ -236,19 +237,15 @@ def format_table(table, params_before, params_after):
 
 
 def run_prune(model_path, output_path, options, overwrite=False, key=None):
-    """Prunes a model file into `output_path` (HDF5, metadata includes the table); returns the table.
+    """Prunes a model file into `output_path` (HDF5, metadata includes the table).
 
-    key: for .tlt input/output files."""
-    from frcnn_tf.train import checkpoints
-
+    key: for .tlt input/output files. Returns {'table': per-layer rows, 'params_before', 'params_after'}."""
     refuse_to_overwrite([output_path], overwrite, "another -o")
     model, metadata = checkpoints.load_model(model_path, key=key)
     pruned, table = prune_model(model, options, checkpoints.CUSTOM_OBJECTS)
     before, after = model.count_params(), pruned.count_params()
-    for line in format_table(table, before, after):
-        print(line)
     metadata = {**metadata, "pruning": {"source": model_path, "options": dataclasses.asdict(options),
                                         "params_before": before, "params_after": after, "layers": table}}
     checkpoints.save_model(pruned, output_path, metadata, include_optimizer=False, key=key)
     logging.info("wrote %s", output_path)
-    return table
+    return {"table": table, "params_before": before, "params_after": after}

@@ -15,7 +15,16 @@ from absl import logging
 from google.protobuf import text_format
 
 from frcnn_tf import sample_data
+from frcnn_tf.data.convert import run_dataset_convert
+from frcnn_tf.deployed import TensorRTMissing
+from frcnn_tf.evaluate import run_evaluate
+from frcnn_tf.export.onnx_export import Int8Options, run_export
+from frcnn_tf.export.tensorrt_engine import build_engine
+from frcnn_tf.inference import run_inference
+from frcnn_tf.model.checkpoints import load_model
+from frcnn_tf.prune import PruneOptions, run_prune
 from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
+from frcnn_tf.train.trainer import run_train
 
 SPECS_DIR = pathlib.Path(__file__).resolve().parents[1] / "specs"
 
@@ -134,15 +143,6 @@ def _ms_per_image(stages, result):
 
 def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
     """Runs the workflow; returns (summary rows, artifact paths)."""
-    from frcnn_tf.data.convert import run_dataset_convert
-    from frcnn_tf.evaluate import run_evaluate
-    from frcnn_tf.export.onnx_export import Int8Options, run_export
-    from frcnn_tf.export.tensorrt_engine import TensorRTMissing, build_engine
-    from frcnn_tf.inference import run_inference
-    from frcnn_tf.prune import PruneOptions, run_prune
-    from frcnn_tf.train.checkpoints import load_model
-    from frcnn_tf.train.trainer import run_train
-
     workdir = os.path.abspath(workdir)
     stages = _Stages()
     classes = sample_data.CLASSES

@@ -26,9 +26,8 @@ def match(anchors_or_rois, gt_boxes, gt_valid, eligible):
     return tf.reduce_max(overlaps, axis=-1), tf.argmax(overlaps, axis=-1, output_type=tf.int32), overlaps
 
 
-def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, min_overlap, max_overlap,
-                mini_batch, seed, weights=(1.0, 1.0, 1.0, 1.0)):
-    """Anchor labels and regression targets for the RPN.
+def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, sampling, seed):
+    """Anchor labels and regression targets for the RPN (sampling: settings.RpnSampling).
 
     anchors [N, 4]. Returns labels int32 [B, N] (1 object, 0 background, -1 ignored; at
     most mini_batch labelled per image, at most half of them positive) and deltas [B, N, 4].
@@ -36,6 +35,7 @@ def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, min_ov
     max_overlap is positive, IoU < min_overlap negative; every ground-truth box also makes
     its best anchors (ties included, IoU > 0) positive.
     """
+    min_overlap, max_overlap, mini_batch = sampling.min_overlap, sampling.max_overlap, sampling.mini_batch
     batch = tf.shape(gt_boxes)[0]
     anchors = tf.broadcast_to(anchors[tf.newaxis], [batch, tf.shape(anchors)[0], 4])
     gt_valid = gt_classes >= 0
@@ -55,14 +55,13 @@ def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, min_ov
     num_neg = mini_batch - num_pos
     negative = random_subset(negative, num_neg, seed + [0, 1])
     labels = tf.where(positive, 1, tf.where(negative, 0, -1))
-    deltas = box_ops.encode(tf.gather(gt_boxes, matched, batch_dims=1), anchors, weights)
+    deltas = box_ops.encode(tf.gather(gt_boxes, matched, batch_dims=1), anchors, sampling.box_weights)
     deltas = tf.where(positive[..., tf.newaxis], deltas, 0.0)
     return labels, deltas
 
 
-def proposal_targets(proposals, proposal_valid, gt_boxes, gt_classes, num_classes, min_overlap, max_overlap,
-                     mini_batch, positive_fraction, gt_as_roi, seed, weights):
-    """Samples RoIs for the second stage and their targets.
+def proposal_targets(proposals, proposal_valid, gt_boxes, gt_classes, num_classes, sampling, seed):
+    """Samples RoIs for the second stage and their targets (sampling: settings.RoiSampling).
 
     proposals [B, P, 4] with proposal_valid [B, P]. num_classes counts background,
     which is the last id. A RoI is foreground if IoU >= max_overlap and background
@@ -70,16 +69,17 @@ def proposal_targets(proposals, proposal_valid, gt_boxes, gt_classes, num_classe
     foreground, background fills the rest, without replacement (fewer RoIs when
     there are not enough candidates; the rest are padding).
     Returns rois [B, R, 4], labels int32 [B, R] (class id, background = num_classes - 1,
-    -1 padding) and deltas [B, R, 4] (weighted by `weights`, zero unless foreground).
+    -1 padding) and deltas [B, R, 4] (weighted by box_weights, zero unless foreground).
     """
+    min_overlap, max_overlap, mini_batch = sampling.min_overlap, sampling.max_overlap, sampling.mini_batch
     gt_valid = gt_classes >= 0
-    if gt_as_roi:
+    if sampling.gt_as_roi:
         proposals = tf.concat([proposals, gt_boxes], axis=1)
         proposal_valid = tf.concat([proposal_valid, gt_valid], axis=1)
     best, matched, _ = match(proposals, gt_boxes, gt_valid, proposal_valid)
     foreground = proposal_valid & (best >= max_overlap)
     background = proposal_valid & (best < max_overlap) & (best >= min_overlap)
-    max_fg = int(mini_batch * positive_fraction)
+    max_fg = int(mini_batch * sampling.positive_fraction)
     num_fg = tf.minimum(tf.reduce_sum(tf.cast(foreground, tf.int32), axis=1), max_fg)
     foreground = random_subset(foreground, num_fg, seed)
     num_bg = tf.minimum(tf.reduce_sum(tf.cast(background, tf.int32), axis=1), mini_batch - num_fg)
@@ -97,6 +97,6 @@ def proposal_targets(proposals, proposal_valid, gt_boxes, gt_classes, num_classe
     classes = tf.gather(gt_classes, gt_index, batch_dims=1)
     labels = tf.where(is_fg, classes, tf.where(taken, num_classes - 1, -1))
     deltas = box_ops.encode(tf.gather(gt_boxes, gt_index, batch_dims=1), rois + tf.where(
-        taken[..., tf.newaxis], 0.0, tf.constant([0.0, 0.0, 1.0, 1.0])), weights)
+        taken[..., tf.newaxis], 0.0, tf.constant([0.0, 0.0, 1.0, 1.0])), sampling.box_weights)
     deltas = tf.where(is_fg[..., tf.newaxis], deltas, 0.0)
     return rois, labels, deltas

@@ -61,3 +61,12 @@ def test_clip_and_inside():
 def test_decode_caps_huge_sizes(value):
     out = boxes.decode(tf.constant([[0.0, 0.0, value, value]]), tf.constant([[0.0, 0.0, 16.0, 16.0]]))
     assert np.isfinite(out.numpy()).all() and (out.numpy()[0, 2] - out.numpy()[0, 0]) <= 1000.0 + 1e-3
+
+
+def test_box_ops_refuse_a_last_dimension_other_than_four():
+    with pytest.raises(ValueError, match=r"boxes need 4 numbers in the last dimension, got shape \(2, 3\)"):
+        boxes.area(tf.zeros([2, 3]))
+    with pytest.raises(ValueError, match="deltas need 4 numbers"):
+        boxes.decode(tf.zeros([2, 5]), tf.zeros([2, 4]))
+    with pytest.raises(ValueError, match="boxes need 4 numbers"):
+        boxes.iou(tf.zeros([2, 4]), tf.zeros([3, 2]))

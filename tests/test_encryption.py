@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.proto import experiment_pb2
-from frcnn_tf.train import checkpoints
+from frcnn_tf.model import checkpoints
 
 
 def _model():

@@ -11,10 +11,10 @@ import pytest
 from conftest import REPO
 from frcnn_tf.data.pipeline import InputPipeline
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.evaluate import evaluate_detector
+from frcnn_tf.evaluation import evaluate_detector
 from frcnn_tf.export import calibration, tensorrt_rules
 from frcnn_tf.export.onnx_export import OUTPUT_NAMES, run_export
-from frcnn_tf.predict import KerasDetector, OnnxDetector
+from frcnn_tf.detectors import KerasDetector, OnnxDetector
 from frcnn_tf.spec import load_experiment_spec
 from frcnn_tf.train.trainer import train
 from kitti_fixtures import small_training_spec

@@ -39,7 +39,7 @@ def test_resnet18_names_shapes_and_freezing(tmp_path):
     frcnn = FasterRCNN(model)
     features, logits, rpn_deltas = frcnn.backbone_rpn(tf.zeros([1, 64, 96, 3]))
     assert features.shape == (1, 4, 6, 256) and logits.shape == (1, 4, 6, 9) and rpn_deltas.shape == (1, 4, 6, 36)
-    assert frcnn.num_classes == 4 and frcnn.crop_size == 7
+    assert frcnn.num_classes == 4 and frcnn.crop.pool_size == 7
 
 
 def test_architecture_options(tmp_path):
@@ -73,7 +73,7 @@ def test_unimplemented_backbone_is_a_clear_error(tmp_path):
 
 def test_bn_gamma_l1_and_regulariser_override_for_retraining(tmp_path):
     from frcnn_tf.model.frcnn import override_regularizers
-    from frcnn_tf.train import checkpoints
+    from frcnn_tf.model import checkpoints
 
     sparse = _spec(tmp_path, [("freeze_bn: true", "freeze_bn: false"),
                               ("weight: 1e-4",
@@ -87,14 +87,14 @@ def test_bn_gamma_l1_and_regulariser_override_for_retraining(tmp_path):
     assert checkpoints.load_model(path)[0].get_layer("bn_conv1").gamma_regularizer.get_config() == {
         "weight": pytest.approx(0.01), "polarization": 1.0}
     plain = _spec(tmp_path, [("type: L2", "type: L1"), ("weight: 1e-4", "weight: 0.5")])
-    rebuilt = override_regularizers(model, plain.training_config.regularizer, checkpoints.CUSTOM_OBJECTS)
+    rebuilt = override_regularizers(model, plain.training_config.regularizer)
     assert all(bn.gamma_regularizer is None for bn in rebuilt.layers
                if isinstance(bn, tf.keras.layers.BatchNormalization))
     assert rebuilt.get_layer("block_4a_conv_1").kernel_regularizer.get_config() == {"l1": 0.5}
     for before, after in zip(model.get_weights(), rebuilt.get_weights()):
         assert (before == after).all()
     kept = _spec(tmp_path, [("type: L2", "type: NO_REG"), ("weight: 1e-4", "weight: 0")])
-    assert override_regularizers(model, kept.training_config.regularizer, checkpoints.CUSTOM_OBJECTS).get_layer(
+    assert override_regularizers(model, kept.training_config.regularizer).get_layer(
         "block_4a_conv_1").kernel_regularizer.get_config()["l2"] == pytest.approx(1e-4)
 
 

@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 
 from frcnn_tf.data import augment, convert
-from frcnn_tf.data.pipeline import InputPipeline, class_ids
+from frcnn_tf.data.pipeline import InputPipeline
+from frcnn_tf.spec.derived import class_ids
 from frcnn_tf.proto import augmentation_config_pb2
 from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
 from kitti_fixtures import (TRAFFIC_LIGHT_CLASSES, kitti_line, make_kitti, write_conversion_spec,

@@ -7,7 +7,7 @@ from conftest import REPO
 from frcnn_tf.model.frcnn import FasterRCNN, build_model
 from frcnn_tf.prune import PruneOptions, prune_model, retained_indices
 from frcnn_tf.spec import load_experiment_spec
-from frcnn_tf.train import checkpoints
+from frcnn_tf.model import checkpoints
 
 # Per-filter L2 norms of the two convs that meet in the Add (normalised by their max: the same values).
 NORMS_A = [1.0, 0.2, 0.5, 0.05]
@@ -121,10 +121,10 @@ def test_pruned_faster_rcnn_is_smaller_keeps_shapes_and_trains(tmp_path):
     checkpoints.save_model(pruned, path, {"class_names": ["circle", "square", "triangle", "background"]},
                            include_optimizer=False)
     reloaded, metadata = checkpoints.load_model(path)
-    frcnn = FasterRCNN(reloaded)
+    frcnn = training_frcnn(reloaded, spec)
     assert frcnn.backbone_rpn.output_shape[0][-1] == pruned.get_layer("block_3b_relu").output.shape[-1]
-    from frcnn_tf.train.trainer import TrainStep
-    from frcnn_tf.train import schedules
+    from frcnn_tf import schedules
+    from frcnn_tf.train.trainer import TrainStep, training_frcnn
     optimizer = schedules.build_optimizer(spec.training_config.optimizer,
                                           schedules.build_schedule(spec.training_config.learning_rate, 10))
     step = TrainStep(spec, frcnn, optimizer, tf.distribute.get_strategy())

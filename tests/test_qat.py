@@ -3,15 +3,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from frcnn_tf import quantize
+from frcnn_tf import quantize, schedules
+from frcnn_tf.detectors import KerasDetector
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.evaluate import evaluate_detector
+from frcnn_tf.evaluation import evaluate_detector
+from frcnn_tf.model import checkpoints
 from frcnn_tf.model.frcnn import FasterRCNN, build_model
-from frcnn_tf.predict import KerasDetector
 from frcnn_tf.prune import PruneOptions, prune_model
+from frcnn_tf.settings import DetectionSettings
 from frcnn_tf.spec import load_experiment_spec
-from frcnn_tf.train import checkpoints, schedules
-from frcnn_tf.train.trainer import TrainStep, train
+from frcnn_tf.train.trainer import TrainStep, train, training_frcnn
 from kitti_fixtures import small_training_spec
 from test_prune import _spec as tiny_spec
 
@@ -32,7 +33,7 @@ def test_qat_model_structure_and_training(tmp_path):
     with pytest.raises(FrcnnError, match="QAT model: prune the float model"):
         prune_model(qat, PruneOptions(), checkpoints.CUSTOM_OBJECTS)
 
-    frcnn = FasterRCNN(qat)
+    frcnn = training_frcnn(qat, spec)
     optimizer = schedules.build_optimizer(spec.training_config.optimizer,
                                           schedules.build_schedule(spec.training_config.learning_rate, 10))
     step = TrainStep(spec, frcnn, optimizer, tf.distribute.get_strategy())
@@ -55,7 +56,8 @@ def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records,
     assert quantize.is_quantized(model) and metadata["qat"] is True
     spec.evaluation_config.rpn_nms_max_boxes = 16
     report = evaluate_detector(spec, KerasDetector(FasterRCNN(model), metadata["class_names"],
-                                                   metadata["regression_weights"], spec.evaluation_config))
+                                                   DetectionSettings.from_section(spec.evaluation_config,
+                                                                                  metadata["regression_weights"])))
     assert report["images"] == 77 and 0.0 <= report["map"] <= 1.0
     spec.training_config.enable_qat = False
     spec.training_config.resume_from_model = result["checkpoints"][0]
@@ -70,7 +72,7 @@ def _check_qat_int8_export(spec_path, checkpoint, tmp_path):
 
     from frcnn_tf.export import calibration, tensorrt_rules
     from frcnn_tf.export.onnx_export import run_export
-    from frcnn_tf.predict import OnnxDetector
+    from frcnn_tf.detectors import OnnxDetector
 
     with pytest.raises(FrcnnError, match="a QAT model exports as int8"):
         run_export(spec_path, checkpoint, str(tmp_path / "qat_fp16.onnx"), "fp16")

@@ -11,7 +11,7 @@ from conftest import REPO
 from frcnn_tf.data import convert
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
-from frcnn_tf.train import checkpoints
+from frcnn_tf.model import checkpoints
 from frcnn_tf.train.trainer import train
 from kitti_fixtures import tiny_dataset, tiny_training_spec, write_conversion_spec
 
@@ -227,7 +227,7 @@ def test_f7_missing_and_undecodable_images_are_named_before_or_when_training(tin
     with pytest.raises(FrcnnError, match=r"nowhere/images/0000\d\d.png: image not found \(9 of the 9 training "
                                          "images are missing\); check dataset_config image_directory_path"):
         train(wrong_folder)
-    from frcnn_tf.evaluate import evaluate_detector
+    from frcnn_tf.evaluation import evaluate_detector
 
     wrong_extension = load_experiment_spec(_spec_path(tmp_path, (root, records), tmp_path / "m" / "m.hdf5", 1, [
         ("image_extension: 'png'", "image_extension: 'jpg'")]))
@@ -270,7 +270,7 @@ def test_f8_tlt_style_globs_skip_the_conversion_json(tiny, tmp_path, caplog):
     assert "t_summary.json: not a TFRecord file; ignored" in caplog.text
 
 
-def test_f9_inference_skips_unreadable_images_and_says_so(trained_tlt, tiny, tmp_path, capsys, caplog):
+def test_f9_inference_skips_unreadable_images_and_says_so(trained_tlt, tiny, tmp_path, caplog):
     import shutil
 
     from PIL import Image
@@ -286,9 +286,11 @@ def test_f9_inference_skips_unreadable_images_and_says_so(trained_tlt, tiny, tmp
     good = (tiny[0] / "images" / "000001.png").read_bytes()
     (images / "truncated.png").write_bytes(good[: len(good) // 3])
     Image.open(images / "good.png").save(images / "tiff.jpg", format="TIFF")
-    results = run_inference(spec, checkpoint, str(images), str(tmp_path / "out"), str(tmp_path / "labels"))
-    assert sorted(os.path.basename(p) for p in results) == ["good.png"]
-    assert "1 images (4 unreadable images skipped, listed above)" in capsys.readouterr().out
+    from frcnn_tf.cli.inference import summary_line
+
+    result = run_inference(spec, checkpoint, str(images), str(tmp_path / "out"), str(tmp_path / "labels"))
+    assert sorted(os.path.basename(p) for p in result["detections"]) == ["good.png"]
+    assert "1 images (4 unreadable images skipped, listed above)" in summary_line(result)
     for name in ("empty.jpg", "text.jpg", "tiff.jpg", "truncated.png"):
         assert f"{images / name}: unreadable image" in caplog.text
     assert os.listdir(tmp_path / "labels") == ["good.txt"]
@@ -307,7 +309,7 @@ def test_f10_a_tlt_model_is_decrypted_in_memory_only(trained_tlt, tmp_path):
     child = subprocess.Popen([sys.executable, "-c", f"""
 import time
 import tensorflow as tf
-from frcnn_tf.train import checkpoints
+from frcnn_tf.model import checkpoints
 def slow(*args, **kwargs):
     print("loading", flush=True)
     time.sleep(60)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from frcnn_tf import losses
-from frcnn_tf.train.schedules import ContinuousStep, SoftStartAnnealing
+from frcnn_tf.schedules import ContinuousStep, SoftStartAnnealing
 
 
 @pytest.mark.parametrize("step,expected", [(0, 0.002), (5, 0.011), (10, 0.02), (80, 0.02), (81, 0.002),

@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO
 from frcnn_tf.errors import SpecError
 from frcnn_tf.spec import load_conversion_spec, load_experiment_spec, parse_experiment_spec
-from frcnn_tf.spec.summary import class_names
+from frcnn_tf.spec.derived import class_names
 
 TRAIN_SPEC = (REPO / "specs" / "frcnn_resnet18_train.txt").read_text()
 

@@ -3,13 +3,15 @@ import numpy as np
 import tensorflow as tf
 
 from frcnn_tf import boxes, targets
+from frcnn_tf.settings import RoiSampling, RpnSampling
 
 SEED = tf.constant([1, 2], tf.int64)
 
 
 def _rpn(anchors, gt, classes, mini_batch=4):
     return targets.rpn_targets(tf.constant(anchors, tf.float32), tf.constant([gt], tf.float32),
-                               tf.constant([classes], tf.int32), 100, 100, 0.3, 0.7, mini_batch, SEED)
+                               tf.constant([classes], tf.int32), 100, 100,
+                               RpnSampling(min_overlap=0.3, max_overlap=0.7, mini_batch=mini_batch), SEED)
 
 
 def test_rpn_labels_by_hand():
@@ -62,9 +64,10 @@ def test_proposal_target_sampling_by_hand():
                               [0, 0, 0, 0],  # padding
                               [40, 40, 50, 50]]], tf.float32)  # IoU 0 -> below min_overlap 0.1: ignored
     valid = tf.constant([[True, True, True, True, False, True]])
-    rois, labels, deltas = targets.proposal_targets(proposals, valid, gt, classes, num_classes=4, min_overlap=0.1,
-                                                    max_overlap=0.5, mini_batch=4, positive_fraction=0.25,
-                                                    gt_as_roi=False, seed=SEED, weights=(10.0, 10.0, 5.0, 5.0))
+    sampling = RoiSampling(min_overlap=0.1, max_overlap=0.5, mini_batch=4, positive_fraction=0.25, gt_as_roi=False,
+                           box_weights=(10.0, 10.0, 5.0, 5.0))
+    rois, labels, deltas = targets.proposal_targets(proposals, valid, gt, classes, num_classes=4, sampling=sampling,
+                                                    seed=SEED)
     labels = labels.numpy()[0].tolist()
     # int(4 * 0.25) = 1 foreground (class 2), then both backgrounds (id 3), then padding.
     assert labels == [2, 3, 3, -1]
@@ -80,7 +83,7 @@ def test_proposal_target_sampling_by_hand():
 def test_gt_as_roi_adds_ground_truth_candidates():
     gt = tf.constant([[[0, 0, 10, 10]]], tf.float32)
     proposals = tf.constant([[[60, 60, 70, 70]]], tf.float32)  # IoU 0: ignored with min_overlap 0.1
-    rois, labels, _ = targets.proposal_targets(proposals, tf.constant([[True]]), gt, tf.constant([[0]]), 2, 0.1,
-                                               0.5, 2, 0.5, gt_as_roi=True, seed=SEED,
-                                               weights=(1.0, 1.0, 1.0, 1.0))
+    sampling = RoiSampling(min_overlap=0.1, max_overlap=0.5, mini_batch=2, positive_fraction=0.5, gt_as_roi=True)
+    rois, labels, _ = targets.proposal_targets(proposals, tf.constant([[True]]), gt, tf.constant([[0]]), 2,
+                                               sampling=sampling, seed=SEED)
     assert labels.numpy().tolist() == [[0, -1]] and rois.numpy()[0, 0].tolist() == [0, 0, 10, 10]

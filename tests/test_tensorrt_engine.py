@@ -11,7 +11,8 @@ from onnx import TensorProto, helper
 
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import calibration
-from frcnn_tf.export.tensorrt_engine import EngineOptions, TensorRTMissing, build_engine
+from frcnn_tf.deployed import TensorRTMissing
+from frcnn_tf.export.tensorrt_engine import EngineOptions, build_engine
 
 
 def _onnx(path, data_type, qdq=False, cache=None):
@@ -247,7 +248,7 @@ def test_missing_tensorrt_is_exit_status_2(monkeypatch, tmp_path):
 
 
 def test_engine_backend_without_tensorrt_is_exit_status_2(monkeypatch, tmp_path):
-    from frcnn_tf.predict import TensorRTDetector
+    from frcnn_tf.detectors import TensorRTDetector
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     (tmp_path / "m.engine").write_bytes(b"engine")

@@ -6,10 +6,11 @@ import tensorflow as tf
 import pytest
 from frcnn_tf.data.pipeline import InputPipeline
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.model.frcnn import FasterRCNN, build_model
+from frcnn_tf import schedules
+from frcnn_tf.model import checkpoints
+from frcnn_tf.model.frcnn import build_model
 from frcnn_tf.spec import load_experiment_spec
-from frcnn_tf.train import checkpoints, schedules
-from frcnn_tf.train.trainer import TrainStep, train
+from frcnn_tf.train.trainer import TrainStep, train, training_frcnn
 from kitti_fixtures import small_training_spec
 
 
@@ -21,7 +22,7 @@ def _spec(tmp_path, records, image_dir, **kw):
 def test_loss_falls_on_real_data(tmp_path, traffic_light_records, traffic_lights):
     spec = _spec(tmp_path, traffic_light_records, traffic_lights)
     tf.keras.utils.set_random_seed(1)
-    frcnn = FasterRCNN(build_model(spec))
+    frcnn = training_frcnn(build_model(spec), spec)
     optimizer = schedules.build_optimizer(spec.training_config.optimizer,
                                           schedules.build_schedule(spec.training_config.learning_rate, 40))
     step = TrainStep(spec, frcnn, optimizer, tf.distribute.get_strategy())
@@ -29,7 +30,7 @@ def test_loss_falls_on_real_data(tmp_path, traffic_light_records, traffic_lights
     seed = tf.constant([5, 5], tf.int64)
 
     def detection_loss():
-        values = step._losses(fixed["images"], fixed["boxes"], fixed["classes"], seed)
+        values = step.loss_values(fixed["images"], fixed["boxes"], fixed["classes"], seed)
         return float(values["total"] - values["regularization"])
 
     before = detection_loss()

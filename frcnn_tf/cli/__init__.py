@@ -33,8 +33,8 @@ def run_main(main):
     def guarded(argv):
         try:
             return main(argv)
-        except FrcnnError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except FrcnnError as err:  # one line, also when a library's message (h5py's) spans several
+            print(f"error: {' '.join(line.strip() for line in str(err).splitlines())}", file=sys.stderr)
             return getattr(err, "exit_code", 1)
         except Exception as err:  # noqa: BLE001 - only I/O failures are turned into one line
             line = io_error_line(err)

@@ -20,13 +20,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from frcnn_tf.data.convert import run_dataset_convert
+    from frcnn_tf.data.convert import format_summary, run_dataset_convert  # TensorFlow loads after flag parsing
 
     if FLAGS.verbose:
         logging.set_verbosity(logging.DEBUG)
-    run_dataset_convert(FLAGS.dataset_export_spec, FLAGS.output_filename, workers=FLAGS.workers,
-                        embed_images=FLAGS.embed_images, clip_boxes=FLAGS.clip_boxes, strict=FLAGS.strict,
-                        overwrite=FLAGS.overwrite, seed=FLAGS.seed)
+    summary = run_dataset_convert(FLAGS.dataset_export_spec, FLAGS.output_filename, workers=FLAGS.workers,
+                                  embed_images=FLAGS.embed_images, clip_boxes=FLAGS.clip_boxes, strict=FLAGS.strict,
+                                  overwrite=FLAGS.overwrite, seed=FLAGS.seed)
+    for line in format_summary(summary):
+        print(line)
     return 0
 
 

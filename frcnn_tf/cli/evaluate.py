@@ -14,9 +14,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from frcnn_tf.evaluate import run_evaluate
+    from frcnn_tf.evaluate import run_evaluate  # TensorFlow loads after flag parsing (fast --help)
+    from frcnn_tf.evaluation import format_table
 
-    run_evaluate(FLAGS.experiment_spec, FLAGS.model, FLAGS.results_dir, FLAGS.key)
+    for line in format_table(run_evaluate(FLAGS.experiment_spec, FLAGS.model, FLAGS.results_dir, FLAGS.key)):
+        print(line)
     return 0
 
 

@@ -14,12 +14,20 @@ flags.DEFINE_string("key", None, "Key of .tlt model files (default: the spec's e
 FLAGS = flags.FLAGS
 
 
+def summary_line(result):
+    """One line for run_inference's result: images done, unreadable ones skipped, output folders."""
+    skipped = result["skipped"]
+    unreadable = f" ({len(skipped)} unreadable images skipped, listed above)" if skipped else ""
+    return (f"{len(result['detections'])} images{unreadable}; annotated images: {result['image_out'] or '-'}; "
+            f"labels: {result['labels_out'] or '-'}")
+
+
 def main(argv):
     del argv
-    from frcnn_tf.inference import run_inference
+    from frcnn_tf.inference import run_inference  # TensorFlow loads after flag parsing (fast --help)
 
-    run_inference(FLAGS.experiment_spec, FLAGS.model, FLAGS.images_dir, FLAGS.output_dir, FLAGS.labels_dir,
-                  FLAGS.overwrite, FLAGS.key)
+    print(summary_line(run_inference(FLAGS.experiment_spec, FLAGS.model, FLAGS.images_dir, FLAGS.output_dir,
+                                     FLAGS.labels_dir, FLAGS.overwrite, FLAGS.key)))
     return 0
 
 

@@ -23,11 +23,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from frcnn_tf.prune import PruneOptions, run_prune
+    from frcnn_tf.prune import PruneOptions, format_table, run_prune  # TensorFlow loads after flag parsing
 
     options = PruneOptions(FLAGS.pruning_threshold, FLAGS.equalization_criterion, FLAGS.pruning_granularity,
                            FLAGS.min_num_filters, FLAGS.normalizer, tuple(FLAGS.excluded_layers), FLAGS.score)
-    run_prune(FLAGS.model, FLAGS.output_file, options, FLAGS.overwrite, FLAGS.key)
+    result = run_prune(FLAGS.model, FLAGS.output_file, options, FLAGS.overwrite, FLAGS.key)
+    for line in format_table(result["table"], result["params_before"], result["params_after"]):
+        print(line)
     return 0
 
 

@@ -23,6 +23,7 @@ from frcnn_tf.data import kitti, records
 from frcnn_tf.data.pipeline import DECODABLE_FORMATS
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.io_utils import atomic_output, remove_stale_temporaries
+from frcnn_tf.spec import load_conversion_spec
 
 
 @dataclasses.dataclass
@@ -214,7 +215,9 @@ def convert(conversion_spec, output_prefix, workers=None, embed_images=False, cl
                        workers, "writing shards", "shard")
         summary = _summary(folds, kitti_config, output_prefix, final_paths, problems, class_map, seed)
         summary["seconds"] = {"scan": round(scanned - started, 3), "write": round(time.perf_counter() - scanned, 3)}
-        assert sum(written) == sum(f["images"] for f in summary["folds"])
+        if sum(written) != sum(f["images"] for f in summary["folds"]):  # nothing becomes visible then
+            raise RuntimeError(f"{output_prefix}: wrote {sum(written)} records for "
+                               f"{sum(f['images'] for f in summary['folds'])} images; please report this")
         if problems:
             summary["warnings_file"] = output_prefix + "_warnings.json"
             _write_json(outputs, summary["warnings_file"], [str(p) for p in problems])
@@ -274,10 +277,5 @@ def format_summary(summary):
 
 
 def run_dataset_convert(spec_path, output_prefix, **options):
-    """Loads the conversion spec, converts, prints the class table; returns the summary."""
-    from frcnn_tf.spec import load_conversion_spec
-
-    summary = convert(load_conversion_spec(spec_path), output_prefix, **options)
-    for line in format_summary(summary):
-        print(line)
-    return summary
+    """Loads the conversion spec and converts; returns the summary (format_summary presents it)."""
+    return convert(load_conversion_spec(spec_path), output_prefix, **options)

@@ -22,7 +22,7 @@ from absl import logging
 
 from frcnn_tf.data import augment, records
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.proto import input_image_pb2
+from frcnn_tf.spec.derived import class_ids, input_channels
 
 
 # Formats tf.io.decode_image reads (PIL's names, lower case).
@@ -42,12 +42,6 @@ def image_problem(path, data=None):
     except tf.errors.OpError as err:
         return f"{path}: unreadable image ({err.message.splitlines()[0]})"
     return None
-
-
-def class_ids(dataset_config):
-    """{record class name (lower case): model class id}; ids index the sorted target names."""
-    targets = sorted(set(dataset_config.target_class_mapping.values()))
-    return {key.lower(): targets.index(value) for key, value in dataset_config.target_class_mapping.items()}
 
 
 def _glob(pattern):
@@ -93,7 +87,7 @@ class InputPipeline:
         self.augment = spec.training_config.enable_augmentation
         self.seed = spec.random_seed
         self.max_objects = self.image_config.max_objects_num_per_image
-        self.channels = 3 if self.image_config.image_type == input_image_pb2.RGB else 1
+        self.channels = input_channels(self.image_config)
         order = self.image_config.image_channel_order
         self.mean = tf.constant([self.image_config.image_channel_mean[c] for c in order], tf.float32)
         if self.image_config.WhichOneof("image_size_config") == "size_height_width":

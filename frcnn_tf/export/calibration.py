@@ -90,6 +90,8 @@ def entropy_amax(histogram, start_bin=128, quantized_bins=128):
 def _kl_divergence(reference, candidate):
     """KL(reference || candidate) of two unnormalised histograms (inf where the candidate is 0 but
     the reference is not)."""
+    if not candidate.sum():
+        return np.inf
     p = reference / reference.sum()
     q = candidate / candidate.sum()
     support = p > 0

@@ -24,13 +24,18 @@ from tf2onnx import optimizer as tf2onnx_optimizers
 from absl import logging
 from tqdm import tqdm
 
+from frcnn_tf.data.images import image_dataset, list_images
+from frcnn_tf.data.pipeline import InputPipeline, image_problem
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import calibration, onnx_graph, tensorrt_rules, tf2onnx_handlers
 from frcnn_tf.io_utils import atomic_write_bytes, refuse_to_overwrite
-from frcnn_tf.model.frcnn import FasterRCNN, ProposalSettings, regression_weights
+from frcnn_tf.model import checkpoints
+from frcnn_tf.model.frcnn import FasterRCNN
+from frcnn_tf.settings import DetectionSettings
+from frcnn_tf.spec import parse_experiment_spec
+from frcnn_tf.spec.derived import class_names, object_class_names, regression_weights
+from frcnn_tf.spec.validate import require_section
 from frcnn_tf.tensorrt_limits import MAX_TOP_K, NMS_MAX_BOXES
-from frcnn_tf.spec.summary import class_names
-from frcnn_tf.train import checkpoints
 
 OPSET = 17
 OUTPUT_NAMES = ("boxes", "scores", "classes", "num_detections")
@@ -150,9 +155,7 @@ def export_graph(model, metadata, spec, section):
     """(onnx.ModelProto, metadata) of the detection graph of a loaded model (float or QAT)."""
     names = metadata.get("class_names") or class_names(spec.dataset_config)
     weights = metadata.get("regression_weights") or regression_weights(spec.training_config)
-    detector = FasterRCNN(model).detection_model(weights, ProposalSettings.of(section), section.object_confidence_thres,
-                                                 section.classifier_nms_overlap_threshold,
-                                                 section.classifier_nms_max_boxes)
+    detector = FasterRCNN(model).detection_model(DetectionSettings.from_section(section, weights))
     signature = (tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="input_image"),)
     proto, _ = tf2onnx.convert.from_keras(detector, input_signature=signature, opset=OPSET,
                                           custom_op_handlers=dict(tf2onnx_handlers.HANDLERS),
@@ -167,7 +170,7 @@ def export_graph(model, metadata, spec, section):
     _rename_outputs(proto)
     _drop_unused_domains(proto)
     _stable_generated_names(proto)
-    info = {"class_names": [n for n in names if n != "background"], "input_shape": list(model.input_shape[1:]),
+    info = {"class_names": object_class_names(names), "input_shape": list(model.input_shape[1:]),
             "qat": bool(metadata.get("qat")), **preprocessing_metadata(spec)}
     return proto, info
 
@@ -175,9 +178,6 @@ def export_graph(model, metadata, spec, section):
 def calibration_images(options):
     """The --cal_image_dir files calibration reads: the first batches x batch_size that decode; the
     others are named in a warning. A folder without any is a FrcnnError."""
-    from frcnn_tf.data.pipeline import image_problem
-    from frcnn_tf.inference import list_images
-
     wanted, paths = options.batches * options.batch_size, []
     for path in list_images(options.cal_image_dir):
         problem = image_problem(path)
@@ -198,9 +198,6 @@ def calibration_images(options):
 def calibration_batches(spec, options, image_paths=None):
     """Up to options.batches batches of network inputs (NumPy), from `image_paths` (see
     calibration_images) or else the training folds (augmented, as TLT calibrates)."""
-    from frcnn_tf.data.pipeline import InputPipeline
-    from frcnn_tf.inference import image_dataset
-
     pipeline = InputPipeline(spec)
     if image_paths:
         data = image_dataset(pipeline, image_paths, options.batch_size).map(lambda images, scale, size: images)
@@ -243,9 +240,6 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
     """Exports a model file to ONNX at output_path (+ the calibration cache for int8) and checks
     the graph against TensorRT's rules first; returns the metadata written with it (and, for
     int8, the cache header)."""
-    from frcnn_tf.spec import parse_experiment_spec
-    from frcnn_tf.spec.validate import require_section
-
     cache_path = (int8.cal_cache_file or f"{os.path.splitext(output_path)[0]}.cal.bin") if data_type == "int8" else None
     refuse_to_overwrite([output_path, cache_path], overwrite)
     spec, source = parse_experiment_spec(spec_path)

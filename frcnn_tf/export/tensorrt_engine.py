@@ -7,34 +7,13 @@ implicit INT8 for an FP32 ONNX: weakly typed, INT8 from the calibration cache
 through a calibrator whose only job is to hand TensorRT that cache.
 """
 import dataclasses
-import json
 import os
 
-import onnx
 from absl import logging
 
+from frcnn_tf.deployed import import_tensorrt, read_onnx
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.io_utils import atomic_write_bytes, refuse_to_overwrite
-
-INSTALL_HINT = ("install TensorRT 10 or 11 with its Python bindings (pip install tensorrt, on a machine with an "
-                "NVIDIA GPU and driver)")
-
-
-class TensorRTMissing(FrcnnError):
-    """TensorRT is not installed here; the CLI exits with status 2."""
-
-    exit_code = 2
-
-
-def import_tensorrt(ready=""):
-    try:
-        import tensorrt
-    except ImportError:  # also the PyPI stub that fails to fetch its libraries
-        raise TensorRTMissing(f"TensorRT is not installed: {INSTALL_HINT}. {ready}".strip()) from None
-    except Exception as err:  # the stub raises its own errors at import
-        raise TensorRTMissing(f"TensorRT could not be loaded ({err}): {INSTALL_HINT}. {ready}".strip()) from None
-    return tensorrt
-
 
 @dataclasses.dataclass(frozen=True)
 class EngineOptions:
@@ -52,14 +31,8 @@ class EngineOptions:
 
 def onnx_info(path):
     """(frcnn_tf metadata, whether the graph has Q/DQ nodes) of an exported model."""
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as err:  # protobuf decode errors have many types
-        raise FrcnnError(f"{path}: cannot read the ONNX model ({err})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if "frcnn_tf" not in props:
-        raise FrcnnError(f"{path}: not an ONNX model exported by frcnn_tf (no frcnn_tf metadata)")
-    return json.loads(props["frcnn_tf"]), any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    model, info = read_onnx(path)
+    return info, any(n.op_type == "QuantizeLinear" for n in model.graph.node)
 
 
 def precision_plan(onnx_path, onnx_type, has_qdq, requested, strongly_typed, major):

@@ -1,36 +1,27 @@
-"""Faster R-CNN assembly: one flat Keras graph, plus the sub-graphs training needs.
+"""Faster R-CNN assembly: one flat Keras graph, and the model's forward in training and inference.
 
 The saved model maps a preprocessed image [B, H, W, C] to
   rois [B, R, 4] (pixels, y1 x1 y2 x2), class probabilities [B, R, C]
   (background last) and per-class deltas [B, R, 4 * (C - 1)] (dy dx dh dw,
   scaled by classifier_regr_std). Layer names follow TLT; pruning, QAT, weight
-  loading and export find layers by these names.
+  loading and export find layers by these names. Its Proposal layer holds the
+  training proposal settings; `FasterRCNN.detection_model` builds the deployable
+  graph of an evaluation/inference section with its own layers (the trained model
+  is never changed), and `FasterRCNN.train_outputs` is the training forward.
 """
 import dataclasses
 
 import tensorflow as tf
 
+from frcnn_tf import boxes as box_ops
+from frcnn_tf import quantize, schedules, targets
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.model import layers, resnet
-from frcnn_tf.proto import input_image_pb2, regularizer_config_pb2
-from frcnn_tf.spec.summary import class_names
+from frcnn_tf.proto import regularizer_config_pb2
+from frcnn_tf.settings import ProposalSettings
+from frcnn_tf.spec.derived import class_names, input_shape
 
 RPN_STRIDE = 16
-POSITIVE_FRACTION = 0.25  # share of foreground RoIs per image (hard-coded in TLT)
-
-
-@dataclasses.dataclass(frozen=True)
-class ProposalSettings:
-    """RPN proposal counts and NMS overlap for one use (training, evaluation, inference)."""
-
-    pre_nms_top_n: int
-    post_nms_top_n: int
-    nms_iou: float
-
-    @classmethod
-    def of(cls, config):
-        """From any config with rpn_pre_nms_top_N / rpn_nms_max_boxes / rpn_nms_overlap_threshold."""
-        return cls(config.rpn_pre_nms_top_N, config.rpn_nms_max_boxes, config.rpn_nms_overlap_threshold)
 
 
 def _resnet_depth(arch):
@@ -73,7 +64,39 @@ def gamma_regularizer(config):
     return GammaPolarization(config.bn_gamma_l1_weight, config.bn_gamma_polarization)
 
 
-def override_regularizers(model, regularizer, custom_objects):
+# Registered classes load by their package name; HDF5 optimizer configs name schedules bare.
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (layers.Proposal, layers.RoiCrop, layers.PerRoi, layers.DetectionOutput,
+                                                schedules.SoftStartAnnealing, schedules.ContinuousStep,
+                                                GammaPolarization)}
+
+
+def rebuilt(model, edit_layer=None):
+    """A new model (new layers) from `model`'s config, each layer entry first passed to `edit_layer`, with
+    `model`'s weights. Works for float and QAT models."""
+    config = model.get_config()
+    for layer in config["layers"]:
+        if edit_layer:
+            edit_layer(layer)
+    with quantize.quantize_scope(CUSTOM_OBJECTS):
+        fresh = tf.keras.Model.from_config(config, custom_objects=CUSTOM_OBJECTS)
+    for layer in fresh.layers:
+        _copy_weights(model.get_layer(layer.name), layer)
+    return fresh
+
+
+def _copy_weights(source, target):
+    """Assigns a layer's weights to the same layer of a rebuilt model. tfmot's QuantizeLayer built from
+    its config holds its min/max twice (with and without the layer scope); those take the value of the
+    source variable with the same name."""
+    if len(source.weights) == len(target.weights):
+        target.set_weights(source.get_weights())
+        return
+    by_name = {variable.name.split("/")[-1]: variable for variable in source.weights}
+    for variable in target.weights:
+        variable.assign(by_name[variable.name.split("/")[-1]])
+
+
+def override_regularizers(model, regularizer):
     """`model` rebuilt with the spec's regularisers, for retraining a pruned model.
 
     As TLT: an L1/L2 `type` replaces the kernel regulariser of every conv/dense
@@ -82,24 +105,14 @@ def override_regularizers(model, regularizer, custom_objects):
     without it.
     """
     kernel, gamma = kernel_regularizer(regularizer), gamma_regularizer(regularizer)
-    config = model.get_config()
-    for layer in config["layers"]:
+
+    def use_spec_regularizers(layer):
         layer_config = layer["config"]
         if kernel is not None and "kernel_regularizer" in layer_config:
             layer_config["kernel_regularizer"] = tf.keras.regularizers.serialize(kernel)
         if layer["class_name"] == "BatchNormalization":
             layer_config["gamma_regularizer"] = tf.keras.regularizers.serialize(gamma) if gamma else None
-    rebuilt = tf.keras.Model.from_config(config, custom_objects=custom_objects)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
-
-
-def input_shape(image_config):
-    """(H, W, C) of the network input; H and W are None for size_min specs."""
-    channels = 3 if image_config.image_type == input_image_pb2.RGB else 1
-    if image_config.WhichOneof("image_size_config") == "size_height_width":
-        return image_config.size_height_width.height, image_config.size_height_width.width, channels
-    return None, None, channels
+    return rebuilt(model, use_spec_regularizers)
 
 
 def build_model(spec):
@@ -121,7 +134,7 @@ def build_model(spec):
     rpn_logits = tf.keras.layers.Conv2D(num_anchors, 1, kernel_regularizer=regularizer, name="rpn_out_class")(rpn)
     rpn_deltas = tf.keras.layers.Conv2D(4 * num_anchors, 1, kernel_regularizer=regularizer,
                                         name="rpn_out_regress")(rpn)
-    settings = ProposalSettings.of(training)
+    settings = ProposalSettings.from_section(training)
     rois = layers.Proposal(anchors.scale, anchors.ratio, RPN_STRIDE, settings.pre_nms_top_n,
                            settings.post_nms_top_n, settings.nms_iou, training.std_scaling or 1.0,
                            name="proposal", dtype="float32")([rpn_logits, rpn_deltas, image])
@@ -140,27 +153,44 @@ def build_model(spec):
     return tf.keras.Model(image, outputs, name=f"frcnn_{model_config.arch.replace(':', '_')}")
 
 
-def regression_weights(training_config):
-    """classifier_regr_std as (y, x, h, w), the order of the delta vectors."""
-    stds = training_config.classifier_regr_std
-    return stds["y"], stds["x"], stds["h"], stds["w"]
-
-
 def find_layer(model, name):
     """The layer called `name`, or the QAT wrapper `quant_<name>` around it."""
     names = {layer.name for layer in model.layers}
     return model.get_layer(name if name in names else f"quant_{name}")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainOutputs:
+    """The training forward's predictions and targets for one batch of B images.
+
+    rpn_logits [B, N] and rpn_deltas [B, N, 4] per anchor, rpn_labels int32 [B, N] (1, 0, -1
+    ignored) and rpn_targets [B, N, 4]; class_logits [B, R, C], deltas [B, R, 4 * (C - 1)] per
+    sampled RoI, roi_labels int32 [B, R] (class id, background C - 1, -1 padding) and
+    roi_targets [B, R, 4]. All predictions float32.
+    """
+
+    rpn_logits: tf.Tensor
+    rpn_deltas: tf.Tensor
+    rpn_labels: tf.Tensor
+    rpn_targets: tf.Tensor
+    class_logits: tf.Tensor
+    deltas: tf.Tensor
+    roi_labels: tf.Tensor
+    roi_targets: tf.Tensor
+
+
 class FasterRCNN:
-    """A Faster R-CNN Keras model and the sub-graphs that share its layers.
+    """A Faster R-CNN Keras model, its training forward and its deployable graph.
 
     backbone_rpn: image -> (features, rpn logits [B, h, w, A], rpn deltas [B, h, w, 4A])
     head: RoI crops [N, P, P, C] -> (class logits [N, classes], deltas [N, 4 * (classes - 1)])
+    Training settings (settings.ProposalSettings, RpnSampling, RoiSampling; the spec's, given by
+    the trainer): train_proposals (default: the saved Proposal layer's), rpn_sampling, roi_sampling.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, *, train_proposals=None, rpn_sampling=None, roi_sampling=None):
         self.model = model
+        self.train_proposals, self.rpn_sampling, self.roi_sampling = train_proposals, rpn_sampling, roi_sampling
         crop = model.get_layer("roi_pooling")
         # A layer shared with another graph (tfmot's QAT clone) has one node per graph; this
         # model's is the last.
@@ -170,22 +200,52 @@ class FasterRCNN:
         classifier = find_layer(model, "dense_class_td")
         self.head = tf.keras.Model(crop_output, [classifier.output, find_layer(model, "dense_regress_td").output])
         self.proposal = model.get_layer("proposal")
-        self.crop_size = crop.pool_size
+        self.crop = crop
         self.num_classes = getattr(classifier, "layer", classifier).units
 
-    def detection_model(self, weights, settings, score_threshold, nms_iou, max_boxes):
+    def train_outputs(self, images, gt_boxes, gt_classes, seed, training=True):
+        """The two-stage forward with sampled targets (see TrainOutputs).
+
+        images [B, H, W, C]; gt_boxes [B, M, 4] (pixels) and gt_classes int32 [B, M] (-1 pads);
+        seed int [2] for the stateless sampling. Proposals use train_proposals and take no
+        gradient; training=False runs BatchNorm in inference mode.
+        """
+        features, rpn_logits, rpn_deltas = [tf.cast(t, tf.float32)
+                                            for t in self.backbone_rpn(images, training=training)]
+        image_shape = tf.shape(images)
+        batch, height, width = image_shape[0], image_shape[1], image_shape[2]
+        anchors = self.proposal.anchors(rpn_logits)
+        rpn_labels, rpn_targets = targets.rpn_targets(anchors, gt_boxes, gt_classes, height, width,
+                                                      self.rpn_sampling, seed)
+        proposals = self.proposal.propose(tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), anchors,
+                                          height, width, self.train_proposals)
+        rois, roi_labels, roi_targets = targets.proposal_targets(
+            proposals, box_ops.area(proposals) > 0, gt_boxes, gt_classes, self.num_classes, self.roi_sampling,
+            seed + [0, 7])
+        crops = layers.crop_rois(features, rois, self.crop.stride, self.crop.pool_size)
+        class_logits, deltas = [tf.cast(t, tf.float32) for t in self.head(crops, training=training)]
+        mini_batch = self.roi_sampling.mini_batch
+        return TrainOutputs(rpn_logits=tf.reshape(rpn_logits, [batch, -1]),
+                            rpn_deltas=tf.reshape(rpn_deltas, [batch, -1, 4]), rpn_labels=rpn_labels,
+                            rpn_targets=rpn_targets, class_logits=tf.reshape(class_logits, [batch, mini_batch, -1]),
+                            deltas=tf.reshape(deltas, [batch, mini_batch, -1]), roi_labels=roi_labels,
+                            roi_targets=roi_targets)
+
+    def detection_model(self, settings):
         """image -> [boxes [B, K, 4], scores [B, K], classes [B, K], valid [B]]: the deployable graph.
 
-        settings: ProposalSettings for the RPN; the rest configure the final per-class NMS.
+        settings: settings.DetectionSettings (the section's proposals and final per-class NMS). The
+        graph is a copy of the model's layers and current weights with the section's proposals.
         """
-        self.configure_proposals(settings)
-        rois, probabilities, deltas = self.model.outputs
-        outputs = layers.DetectionOutput(weights, score_threshold, nms_iou, max_boxes, name="detections",
-                                         dtype="float32")([rois, probabilities, deltas, self.model.input])
-        return tf.keras.Model(self.model.input, outputs, name=f"{self.model.name}_detector")
+        proposals = settings.proposals
 
-    def configure_proposals(self, settings):
-        """Sets the proposal counts/NMS of the saved graph (weights are unaffected)."""
-        self.proposal.pre_nms_top_n = settings.pre_nms_top_n
-        self.proposal.post_nms_top_n = settings.post_nms_top_n
-        self.proposal.nms_iou = settings.nms_iou
+        def use_section_proposals(layer):
+            if layer["name"] == "proposal":
+                layer["config"].update(pre_nms_top_n=proposals.pre_nms_top_n,
+                                       post_nms_top_n=proposals.post_nms_top_n, nms_iou=proposals.nms_iou)
+        model = rebuilt(self.model, use_section_proposals)
+        rois, probabilities, deltas = model.outputs
+        outputs = layers.DetectionOutput(settings.box_weights, settings.score_threshold, settings.nms_iou,
+                                         settings.max_boxes, name="detections",
+                                         dtype="float32")([rois, probabilities, deltas, model.input])
+        return tf.keras.Model(model.input, outputs, name=f"{self.model.name}_detector")

@@ -119,13 +119,23 @@ class Proposal(tf.keras.layers.Layer):
         self.nms_iou = float(nms_iou)
         self.std_scaling = float(std_scaling)
 
+    def anchors(self, rpn_logits):
+        """Anchors [h*w*A, 4] (pixels) of an RPN output [B, h, w, A]: the one anchor layout of the model."""
+        shape = tf.shape(rpn_logits)
+        return box_ops.anchor_boxes(shape[1], shape[2], self.stride, self.anchor_scales, self.anchor_ratios)
+
+    def propose(self, rpn_logits, rpn_deltas, anchors, image_height, image_width, settings=None):
+        """`propose` with `settings` (a ProposalSettings; default this layer's): proposals [B, post_nms_top_n, 4]."""
+        pre_nms_top_n, post_nms_top_n, nms_iou = ((settings.pre_nms_top_n, settings.post_nms_top_n, settings.nms_iou)
+                                                  if settings else (self.pre_nms_top_n, self.post_nms_top_n,
+                                                                    self.nms_iou))
+        return propose(rpn_logits, rpn_deltas, anchors, image_height, image_width, pre_nms_top_n, post_nms_top_n,
+                       nms_iou, self.std_scaling)
+
     def call(self, inputs):
         rpn_logits, rpn_deltas, image = inputs
-        shape = tf.shape(rpn_logits)
-        anchors = box_ops.anchor_boxes(shape[1], shape[2], self.stride, self.anchor_scales, self.anchor_ratios)
         image_shape = tf.shape(image)
-        return propose(rpn_logits, rpn_deltas, anchors, image_shape[1], image_shape[2], self.pre_nms_top_n,
-                       self.post_nms_top_n, self.nms_iou, self.std_scaling)
+        return self.propose(rpn_logits, rpn_deltas, self.anchors(rpn_logits), image_shape[1], image_shape[2])
 
     def get_config(self):
         return {**super().get_config(), "anchor_scales": self.anchor_scales, "anchor_ratios": self.anchor_ratios,

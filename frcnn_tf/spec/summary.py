@@ -1,17 +1,12 @@
 """Short human-readable summaries of validated specs (printed by validate_spec)."""
-from frcnn_tf.proto import input_image_pb2
 from frcnn_tf.spec import loader, validate
-
-
-def class_names(dataset_config):
-    """Model classes: sorted target names, then 'background' (the last id, as in TLT)."""
-    return sorted(set(dataset_config.target_class_mapping.values())) + ["background"]
+from frcnn_tf.spec.derived import class_names, input_channels
 
 
 def describe_experiment(spec):
     model = spec.model_config
     image = model.input_image_config
-    channels = 3 if image.image_type == input_image_pb2.RGB else 1
+    channels = input_channels(image)
     if image.WhichOneof("image_size_config") == "size_height_width":
         size = f"{channels}x{image.size_height_width.height}x{image.size_height_width.width}"
     else:

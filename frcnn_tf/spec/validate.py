@@ -6,11 +6,11 @@ section asks for it with `require_section`.
 Effective defaults that TLT substitutes (`0 means 1`) are written into the
 message, so later code reads one value.
 """
-import re
 
 from absl import logging
 
 from frcnn_tf.proto import input_image_pb2, regularizer_config_pb2
+from frcnn_tf.spec.derived import CHECKPOINT_NAME
 
 # Backbone strings TLT/TAO accept; frcnn_tf builds the ones in IMPLEMENTED_ARCHS.
 KNOWN_ARCHS = (
@@ -26,7 +26,6 @@ _FREEZABLE_BLOCKS = {
 }
 # TLT requires 160 px; frcnn_tf allows smaller inputs (tests train at 128x192).
 MIN_IMAGE_SIDE = 32
-_RESUME_NAME = re.compile(r".*\.epoch_?[0-9]+\.[^./]+$")
 
 
 class _Checker:
@@ -199,7 +198,7 @@ def _training(training, c):
     c.check(training.optimizer.WhichOneof("optim") is not None, "optimizer", "set adam, sgd or rmsprop")
     _learning_rate(training.learning_rate, c.at("learning_rate"))
     if training.resume_from_model:
-        c.check(_RESUME_NAME.match(training.resume_from_model), "resume_from_model",
+        c.check(CHECKPOINT_NAME.search(training.resume_from_model), "resume_from_model",
                 "must be a checkpoint named <stem>.epoch<N>.<ext> (as train writes them)")
     if training.HasField("early_stopping"):
         stop = training.early_stopping

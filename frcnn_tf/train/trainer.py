@@ -7,70 +7,48 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from frcnn_tf import boxes as box_ops
-from frcnn_tf import losses, quantize, targets
+from frcnn_tf import losses, quantize, schedules
 from frcnn_tf.data.pipeline import InputPipeline, shard_sources
+from frcnn_tf.detectors import KerasDetector
 from frcnn_tf.errors import FrcnnError
+from frcnn_tf.evaluation import evaluate_detector, format_table
 from frcnn_tf.io_utils import refuse_to_overwrite, remove_stale_temporaries
-from frcnn_tf.model import layers
-from frcnn_tf.model.frcnn import (POSITIVE_FRACTION, RPN_STRIDE, FasterRCNN, ProposalSettings, build_model,
-                                  override_regularizers, regression_weights)
-from frcnn_tf.spec.summary import class_names
-from frcnn_tf.train import checkpoints, schedules
+from frcnn_tf.model import checkpoints
+from frcnn_tf.model.frcnn import FasterRCNN, build_model, override_regularizers
+from frcnn_tf.settings import DetectionSettings, ProposalSettings, RoiSampling, RpnSampling
+from frcnn_tf.spec import parse_experiment_spec
+from frcnn_tf.spec.derived import class_names, regression_weights
+from frcnn_tf.spec.validate import require_section
 
 LOSS_NAMES = ("rpn_class", "rpn_regress", "rcnn_class", "rcnn_regress", "regularization", "total")
 
 
 class TrainStep:
-    """One optimisation step of a FasterRCNN under a tf.distribute strategy (default: no distribution)."""
+    """One optimisation step of a FasterRCNN under a tf.distribute strategy (default: no distribution).
+
+    The model owns the forward (FasterRCNN.train_outputs); the step weighs its losses (the spec's
+    lambda_* factors), takes the gradient and applies the optimizer.
+    """
 
     def __init__(self, spec, frcnn, optimizer, strategy):
-        training, model_config = spec.training_config, spec.model_config
         self.frcnn, self.optimizer, self.strategy = frcnn, optimizer, strategy
-        self.anchor_scales = list(model_config.anchor_box_config.scale)
-        self.anchor_ratios = list(model_config.anchor_box_config.ratio)
-        self.proposals = ProposalSettings.of(training)
-        self.training = training
-        self.roi_mini_batch = model_config.roi_mini_batch
-        self.rcnn_weights = regression_weights(training)
-        scaling = training.std_scaling or 1.0
-        self.rpn_weights = (scaling,) * 4  # the Proposal layer divides predictions by std_scaling
+        self.training = spec.training_config
         self.step = tf.function(self._distributed_step)
         self.losses = tf.function(self._distributed_losses)
 
-    def _losses(self, images, gt_boxes, gt_classes, seed, training_mode=True):
+    def loss_values(self, images, gt_boxes, gt_classes, seed, training_mode=True):
+        """The weighted losses {name: scalar} of one batch (training_mode: BatchNorm in training mode)."""
         frcnn, training = self.frcnn, self.training
-        features, rpn_logits, rpn_deltas = [tf.cast(t, tf.float32)
-                                            for t in frcnn.backbone_rpn(images, training=training_mode)]
-        shape, image_shape = tf.shape(rpn_logits), tf.shape(images)
-        height, width = image_shape[1], image_shape[2]
-        anchors = box_ops.anchor_boxes(shape[1], shape[2], RPN_STRIDE, self.anchor_scales, self.anchor_ratios)
-        labels, rpn_targets = targets.rpn_targets(anchors, gt_boxes, gt_classes, height, width,
-                                                  training.rpn_min_overlap, training.rpn_max_overlap,
-                                                  training.rpn_mini_batch, seed, self.rpn_weights)
-        batch = shape[0]
-        flat_logits = tf.reshape(rpn_logits, [batch, -1])
-        flat_deltas = tf.reshape(rpn_deltas, [batch, -1, 4])
-        proposals = layers.propose(tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), anchors, height,
-                                   width, self.proposals.pre_nms_top_n, self.proposals.post_nms_top_n,
-                                   self.proposals.nms_iou, training.std_scaling or 1.0)
-        rois, roi_labels, roi_targets = targets.proposal_targets(
-            proposals, box_ops.area(proposals) > 0, gt_boxes, gt_classes, frcnn.num_classes,
-            training.classifier_min_overlap, training.classifier_max_overlap, self.roi_mini_batch,
-            POSITIVE_FRACTION, training.gt_as_roi, seed + [0, 7], self.rcnn_weights)
-        crops = layers.crop_rois(features, rois, RPN_STRIDE, frcnn.crop_size)
-        class_logits, deltas = [tf.cast(t, tf.float32) for t in frcnn.head(crops, training=training_mode)]
-        class_logits = tf.reshape(class_logits, [batch, self.roi_mini_batch, -1])
-        deltas = tf.reshape(deltas, [batch, self.roi_mini_batch, -1])
+        out = frcnn.train_outputs(images, gt_boxes, gt_classes, seed, training=training_mode)
+        rpn_batch, roi_batch = frcnn.rpn_sampling.mini_batch, frcnn.roi_sampling.mini_batch
         values = {
-            "rpn_class": training.lambda_rpn_class * losses.rpn_class_loss(labels, flat_logits,
-                                                                          training.rpn_mini_batch),
+            "rpn_class": training.lambda_rpn_class * losses.rpn_class_loss(out.rpn_labels, out.rpn_logits, rpn_batch),
             "rpn_regress": training.lambda_rpn_regr * losses.rpn_regression_loss(
-                labels, rpn_targets, flat_deltas, training.rpn_mini_batch),
-            "rcnn_class": training.lambda_cls_class * losses.rcnn_class_loss(roi_labels, class_logits,
-                                                                            self.roi_mini_batch),
+                out.rpn_labels, out.rpn_targets, out.rpn_deltas, rpn_batch),
+            "rcnn_class": training.lambda_cls_class * losses.rcnn_class_loss(out.roi_labels, out.class_logits,
+                                                                            roi_batch),
             "rcnn_regress": training.lambda_cls_regr * losses.rcnn_regression_loss(
-                roi_labels, roi_targets, deltas, frcnn.num_classes, self.roi_mini_batch),
+                out.roi_labels, out.roi_targets, out.deltas, frcnn.num_classes, roi_batch),
             "regularization": tf.add_n(frcnn.model.losses) if frcnn.model.losses else tf.constant(0.0),
         }
         values["total"] = tf.add_n(list(values.values()))
@@ -80,7 +58,7 @@ class TrainStep:
         variables = self.frcnn.model.trainable_variables
         loss_scaling = isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
-            values = self._losses(images, gt_boxes, gt_classes, seed)
+            values = self.loss_values(images, gt_boxes, gt_classes, seed)
             scaled = values["total"] / self.strategy.num_replicas_in_sync
             if loss_scaling:
                 scaled = self.optimizer.get_scaled_loss(scaled)
@@ -97,7 +75,7 @@ class TrainStep:
 
     def _distributed_losses(self, batch, seed):
         """The losses of the current weights in inference mode, without a training step."""
-        values = self.strategy.run(self._losses, args=(batch["images"], batch["boxes"], batch["classes"], seed),
+        values = self.strategy.run(self.loss_values, args=(batch["images"], batch["boxes"], batch["classes"], seed),
                                    kwargs={"training_mode": False})
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in values.items()}
 
@@ -126,6 +104,12 @@ def _log_weight_loading(path, status):
         raise FrcnnError(f"{path}: no layer of the pretrained weights matches this model by name and shape")
 
 
+def training_frcnn(model, spec):
+    """A FasterRCNN of `model` with the spec's training proposals and target sampling."""
+    return FasterRCNN(model, train_proposals=ProposalSettings.from_section(spec.training_config),
+                      rpn_sampling=RpnSampling.from_spec(spec), roi_sampling=RoiSampling.from_spec(spec))
+
+
 def _with_qat(model, spec, source):
     """The model, converted to QAT when the spec enables it; a QAT model needs enable_qat."""
     if quantize.is_quantized(model):
@@ -140,44 +124,49 @@ def _with_qat(model, spec, source):
 
 
 def _initial_model(spec, enc_key):
-    """(FasterRCNN, optimizer or None, first epoch index, metadata of the start model)."""
+    """(Keras model, optimizer or None, first epoch index, metadata of the start model)."""
     training = spec.training_config
     if training.resume_from_model:
         model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model", enc_key)
         epoch = checkpoints.epoch_of(training.resume_from_model)
-        frcnn = FasterRCNN(_with_qat(model, spec, training.resume_from_model))
         if epoch >= training.num_epochs:
             raise FrcnnError(f"{training.resume_from_model}: the run is finished (epoch {epoch} of num_epochs "
                              f"{training.num_epochs}); raise training_config.num_epochs to train further")
         logging.info("resuming from %s at epoch %d", training.resume_from_model, epoch + 1)
-        return frcnn, model.optimizer, epoch, metadata
+        return _with_qat(model, spec, training.resume_from_model), model.optimizer, epoch, metadata
     if training.retrain_pruned_model:
         model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model", enc_key)
         logging.info("retraining the pruned model %s", training.retrain_pruned_model)
         if not quantize.is_quantized(model):
-            model = override_regularizers(model, training.regularizer, checkpoints.CUSTOM_OBJECTS)
-        return FasterRCNN(_with_qat(model, spec, training.retrain_pruned_model)), None, 0, metadata
+            model = override_regularizers(model, training.regularizer)
+        return _with_qat(model, spec, training.retrain_pruned_model), None, 0, metadata
     model = build_model(spec)
     if training.pretrained_weights:
         _log_weight_loading(training.pretrained_weights,
                             checkpoints.load_matching_weights(model, training.pretrained_weights, enc_key))
-    return FasterRCNN(_with_qat(model, spec, "the new model")), None, 0, {}
+    return _with_qat(model, spec, "the new model"), None, 0, {}
 
 
 def _validate(spec, frcnn, metadata, writer, epoch):
     """mAP of the current weights on the validation split (evaluation_config settings)."""
-    from frcnn_tf.evaluate import evaluate_detector, format_table
-    from frcnn_tf.predict import KerasDetector
-
-    detector = KerasDetector(frcnn, metadata["class_names"], metadata["regression_weights"],
-                             spec.evaluation_config)
+    detector = KerasDetector(frcnn, metadata["class_names"], DetectionSettings.from_section(
+        spec.evaluation_config, metadata["regression_weights"]))
     result = evaluate_detector(spec, detector)
-    frcnn.configure_proposals(ProposalSettings.of(spec.training_config))
     for line in format_table(result):
         logging.info("validation after epoch %d: %s", epoch, line)
     with writer.as_default(step=epoch):
         tf.summary.scalar("validation/mAP", result["map"])
     return result["map"]
+
+
+def early_stop(history, config):
+    """True when the epoch-average total loss (EarlyStopping monitor 'loss') has not fallen below the best
+    earlier one by more than config.min_delta for config.patience epochs. history: [{'total': ...}, ...]."""
+    losses_so_far = [entry["total"] for entry in history]
+    if len(losses_so_far) <= config.patience:
+        return False
+    best_before = min(losses_so_far[:-config.patience])
+    return min(losses_so_far[-config.patience:]) > best_before - config.min_delta
 
 
 def _restore_optimizer_state(optimizer, saved, variables):
@@ -279,6 +268,8 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite)
         raise FrcnnError(f"{train_files[0]}: {num_images} training images, fewer than one batch of {batch_size}")
     validation_period = spec.evaluation_config.validation_period_during_training if spec.HasField(
         "evaluation_config") else 0
+    if validation_period > training.num_epochs:  # no epoch of this run validates
+        validation_period = 0
     pipeline.check_images(training=True)
     if validation_period:
         pipeline.check_images(training=False)
@@ -288,8 +279,8 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite)
     total_steps = steps * training.num_epochs
 
     with strategy.scope():
-        frcnn, saved_optimizer, first_epoch, metadata = _initial_model(spec, enc_key)
-        frcnn.configure_proposals(ProposalSettings.of(training))
+        model, saved_optimizer, first_epoch, metadata = _initial_model(spec, enc_key)
+        frcnn = training_frcnn(model, spec)
         optimizer = build_training_optimizer(training, total_steps)
         if saved_optimizer is not None:
             _restore_optimizer_state(optimizer, saved_optimizer, frcnn.model.trainable_variables)
@@ -326,7 +317,12 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite)
                     tf.summary.scalar(f"loss/{name}", values[name])
                 tf.summary.scalar("learning_rate", lr)
         history.append({"epoch": epoch + 1, **{name: total / steps for name, total in sums.items()}})
-        if (epoch + 1) % training.checkpoint_interval == 0 or epoch + 1 == training.num_epochs:
+        stop = early_stop(history, training.early_stopping) if training.HasField("early_stopping") else False
+        if stop:
+            logging.info("early_stopping: the epoch loss has not improved by min_delta %g for %d epochs; stopping "
+                         "after epoch %d", training.early_stopping.min_delta, training.early_stopping.patience,
+                         epoch + 1)
+        if (epoch + 1) % training.checkpoint_interval == 0 or epoch + 1 == training.num_epochs or stop:
             path = checkpoints.checkpoint_path(output_model, epoch + 1)
             _save_checkpoint(frcnn, step, batch, seed, path, metadata, enc_key, last_good, epoch + 1)
             saved.append(path)
@@ -336,6 +332,8 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite)
                 history[-1]["validation_map"] = _validate(spec, frcnn, metadata, writer, epoch + 1)
             except FrcnnError as err:
                 logging.error("validation after epoch %d failed, training continues: %s", epoch + 1, err)
+        if stop:
+            break
     writer.flush()
     return {"checkpoints": saved, "history": history}
 
@@ -343,9 +341,6 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite)
 def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use_amp=False, key=None,
               overwrite=False):
     """Loads and validates the spec, then trains; returns train()'s result."""
-    from frcnn_tf.spec import parse_experiment_spec
-    from frcnn_tf.spec.validate import require_section
-
     spec, source = parse_experiment_spec(spec_path)
     for section in ("training_config", "dataset_config"):
         require_section(spec, source, section)

@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import warnings
 
 import h5py
@@ -15,20 +14,12 @@ import tensorflow as tf
 from frcnn_tf import quantize
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.io_utils import atomic_output
-
-from frcnn_tf.model import layers
-from frcnn_tf.model.frcnn import GammaPolarization
-from frcnn_tf.train import schedules
-
-_EPOCH = re.compile(r"\.epoch_?([0-9]+)\.[^./]+$")
+from frcnn_tf.model.frcnn import CUSTOM_OBJECTS
+from frcnn_tf.spec.derived import CHECKPOINT_NAME
 METADATA_KEY = "frcnn_tf"
 MODEL_EXTENSIONS = (".hdf5", ".h5", ".tlt")
 ENCRYPTED_EXTENSION = ".tlt"
 _MAGIC = b"FRCNNTF1"
-# Registered classes load by their package name; HDF5 optimizer configs name schedules bare.
-CUSTOM_OBJECTS = {cls.__name__: cls for cls in (layers.Proposal, layers.RoiCrop, layers.PerRoi, layers.DetectionOutput,
-                                                schedules.SoftStartAnnealing, schedules.ContinuousStep,
-                                                GammaPolarization)}
 
 
 def checkpoint_path(output_model, epoch):
@@ -38,7 +29,7 @@ def checkpoint_path(output_model, epoch):
 
 def epoch_of(path):
     """The epoch number in a checkpoint name (`x.epoch12.hdf5` or TAO's `x.epoch_12.hdf5`)."""
-    found = _EPOCH.search(path)
+    found = CHECKPOINT_NAME.search(path)
     if not found:
         raise FrcnnError(f"{path}: not a checkpoint name (<stem>.epoch<N>.hdf5)")
     return int(found.group(1))

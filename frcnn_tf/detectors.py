@@ -3,13 +3,27 @@
 Backends: a Keras model file, an exported ONNX model (onnxruntime, CPU) and a
 TensorRT engine (needs TensorRT and a GPU; imported lazily).
 """
+from typing import Protocol
+
 import numpy as np
 import tensorflow as tf
 
+from frcnn_tf.deployed import import_tensorrt, read_onnx
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.model.frcnn import FasterRCNN, ProposalSettings, regression_weights
-from frcnn_tf.spec.summary import class_names
-from frcnn_tf.train import checkpoints
+from frcnn_tf.model import checkpoints
+from frcnn_tf.model.frcnn import FasterRCNN
+from frcnn_tf.settings import DetectionSettings
+from frcnn_tf.spec.derived import class_names, object_class_names, regression_weights
+
+
+class Detector(Protocol):
+    """images [B, H, W, C] (network input, float32) -> per image {'boxes' [k, 4] (network-input pixels,
+    y1 x1 y2 x2), 'scores' [k], 'classes' [k] (index into class_names)}."""
+
+    class_names: list
+
+    def __call__(self, images) -> list:
+        ...
 
 
 def split_detections(boxes, scores, classes, valid):
@@ -27,13 +41,13 @@ def to_file_pixels(found, scale, size):
 
 
 class KerasDetector:
-    """A FasterRCNN with the final NMS of an evaluation_config / inference_config section."""
+    """A FasterRCNN's deployable graph (settings.DetectionSettings of an evaluation/inference section).
 
-    def __init__(self, frcnn, names, weights, section):
-        self.class_names = [n for n in names if n != "background"]
-        self.model = frcnn.detection_model(weights, ProposalSettings.of(section), section.object_confidence_thres,
-                                           section.classifier_nms_overlap_threshold,
-                                           section.classifier_nms_max_boxes)
+    names: the model's class names (background last)."""
+
+    def __init__(self, frcnn, names, settings):
+        self.class_names = object_class_names(names)
+        self.model = frcnn.detection_model(settings)
         self._run = tf.function(lambda images: self.model(images, training=False))
 
     @classmethod
@@ -44,7 +58,7 @@ class KerasDetector:
             raise FrcnnError(f"{path}: the model's classes {names} differ from the spec's "
                              f"{class_names(spec.dataset_config)}")
         weights = metadata.get("regression_weights") or regression_weights(spec.training_config)
-        return cls(FasterRCNN(model), names, weights, section)
+        return cls(FasterRCNN(model), names, DetectionSettings.from_section(section, weights))
 
     def __call__(self, images):
         return split_detections(*(t.numpy() for t in self._run(images)))
@@ -57,19 +71,13 @@ class OnnxDetector:
     """
 
     def __init__(self, path):
-        import json
-
-        import onnx
         import onnxruntime
 
+        _, self.info = read_onnx(path)
         try:
-            props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
             self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnx/onnxruntime raise many types for unreadable files
+        except Exception as err:  # onnxruntime raises many types for unreadable files
             raise FrcnnError(f"{path}: cannot load the ONNX model ({err})") from None
-        if "frcnn_tf" not in props:
-            raise FrcnnError(f"{path}: not an ONNX model exported by frcnn_tf (no frcnn_tf metadata)")
-        self.info = json.loads(props["frcnn_tf"])
         self.class_names = self.info["class_names"]
         self.input_name = self.session.get_inputs()[0].name
 
@@ -83,8 +91,6 @@ class TensorRTDetector:
     cuda-python, with KerasDetector's interface."""
 
     def __init__(self, path, names):
-        from frcnn_tf.export.tensorrt_engine import import_tensorrt
-
         trt = import_tensorrt(f"to run {path}; evaluate the ONNX model with onnxruntime here instead")
         try:
             from cuda.bindings import runtime as cudart
@@ -101,7 +107,7 @@ class TensorRTDetector:
         # getIOTensorName documents no order: find the input by its mode
         self.input_name = next(n for n in io_names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.names = [self.input_name] + [n for n in io_names if n != self.input_name]
-        self.class_names = [n for n in names if n != "background"]
+        self.class_names = object_class_names(names)
         self.stream = self._check(cudart.cudaStreamCreate())
 
     def _check(self, result):
