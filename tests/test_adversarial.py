@@ -5,8 +5,10 @@ ends with one `error: ...` line (rc 1, no traceback), outputs are atomic and pro
 job leaves nothing a glob picks up, the `.tlt` key workflow holds. Slow (about 10 minutes on two
 cores): `python -m pytest -m slow tests/test_adversarial.py -s` prints the tried/passed counts.
 """
+import contextlib
 import glob
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -30,10 +32,10 @@ def _run(script, *args, env=None):
                           text=True, timeout=900, env={**os.environ, **(env or {})})
 
 
-def _one_line_error(result, *parts):
-    """rc 1, no traceback, the last stderr line is `error: ...` containing every part."""
+def _one_line_error(result, *parts, returncode=1):
+    """rc 1 (or `returncode`), no traceback, the last stderr line is `error: ...` containing every part."""
     last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
-    ok = result.returncode == 1 and "Traceback" not in result.stderr and last.startswith("error: ")
+    ok = result.returncode == returncode and "Traceback" not in result.stderr and last.startswith("error: ")
     return ok and all(part in last for part in parts), last
 
 
@@ -44,11 +46,42 @@ def _ok(result):
 class Tries:
     def __init__(self):
         self.results = []
+        self.not_tried = []
 
     def check(self, name, outcome):
         passed, detail = outcome if isinstance(outcome, tuple) else (outcome, "")
         self.results.append((name, bool(passed), detail))
         print(f"{'PASS' if passed else 'FAIL'}  {name}  {'' if passed else detail}", flush=True)
+
+    def skip(self, name, why):
+        self.not_tried.append(name)
+        print(f"NOT TRIED  {name}  ({why})", flush=True)
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size, read_only=False):
+    """A tmpfs of `size` bytes mounted at `path` (yields False where mounting is not allowed: not root)."""
+    path.mkdir(parents=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _weights_finite(path):
+    """Every float dataset of the Keras HDF5 `path` is finite (and the file opens)."""
+    import h5py
+    import numpy as np
+
+    finite = []
+    with h5py.File(path, "r") as model:
+        model.visititems(lambda name, item: finite.append(bool(np.isfinite(item[()]).all()))
+                         if isinstance(item, h5py.Dataset) and item.dtype.kind == "f" else None)
+    return bool(finite) and all(finite)
 
 
 def _spec_tries(tries, tmp):
@@ -70,11 +103,18 @@ def _spec_tries(tries, tmp):
             "  freeze_blocks: 0\n", "")), ["vgg16", "does not build yet"]),
         ("resnet:11 lists buildable backbones (F17)", spec("r11.txt", SPEC.replace("resnet:18", "resnet:11")),
          ["use one of resnet:10"]),
+        ("invalid escape on line 8 (F15)", spec("escape.txt", SPEC.replace("'bgr'", "'bgr\\xff'")),
+         [":8:26: invalid string"]),
     ]
     for name, path, parts in cases:
         tries.check(f"validate_spec: {name}", _one_line_error(_run("validate_spec.py", "-e", path), str(path),
                                                               *parts))
     tries.check("validate_spec: a directory", _one_line_error(_run("validate_spec.py", "-e", tmp), str(tmp)))
+    conversion = write_conversion_spec(tmp / "kind.txt", tmp)
+    tries.check("dataset_convert: given a training spec",
+                _one_line_error(_run("dataset_convert.py", "-d", REPO / "specs" / "frcnn_resnet18_train.txt", "-o",
+                                     tmp / "kind_out" / "k"), "frcnn_resnet18_train.txt"))
+    tries.check("train: given a conversion spec", _one_line_error(_run("train.py", "-e", conversion), conversion))
     tries.check("validate_spec: UTF-8 with a BOM (F15)",
                 _ok(_run("validate_spec.py", "-e", spec("bom.txt", "", b"\xef\xbb\xbf" + SPEC.encode()))))
 
@@ -132,6 +172,47 @@ convert.convert(load_conversion_spec({str(spec)!r}), {str(tmp / 'tfr_kill' / 'k'
                  os.listdir(tmp / "tfr_kill")))
 
 
+def _disk_tries(tries, tmp, root, spec):
+    """Read-only and full disks (F11): one `error: PATH: ...` line, nothing partial under a final name."""
+    shards = [path for path in glob.glob(str(tmp / "tfr" / "base-fold-*"))]
+    pages = sum(-(-os.path.getsize(path) // 4096) for path in shards)
+    cases = [("-o on a read-only tmpfs", "ro", 1 << 20, True, "ro/k", "Read-only file system"),
+             ("-o in a subfolder of a read-only tmpfs", "ro_sub", 1 << 20, True, "ro_sub/sub/k", "Read-only file system"),
+             ("a tmpfs fills while shards are written", "full", max(pages // 2, 1) * 4096, False, "full/k",
+              "No space left on device"),
+             ("the tmpfs fits the shards, not the summary", "fits", pages * 4096, False, "fits/base",
+              "No space left on device")]
+    for name, folder, size, read_only, prefix, message in cases:
+        with _tmpfs(tmp / folder, size, read_only) as mounted:
+            if not mounted:
+                tries.skip(f"convert: {name} (F11)", "mounting a tmpfs needs root")
+                continue
+            result = _run("dataset_convert.py", "-d", spec, "-o", tmp / prefix)
+            left = [str(path) for path in (tmp / folder).rglob("*") if path.name.startswith(".")]
+            tries.check(f"convert: {name} (F11)", (_one_line_error(result, message)[0] and not left,
+                                                   (result.stderr[-300:], left)))
+
+
+def _checkpoint_disk_tries(tries, tmp, root, records, checkpoint_size):
+    """Checkpoints on a tmpfs that holds one of them, and on one that holds none (F11)."""
+    for name, size, last_good in (("the 2nd checkpoint does not fit", checkpoint_size * 3 // 2, "m.epoch1.hdf5"),
+                                  ("no checkpoint fits", 2 << 20, "none written")):
+        folder = tmp / f"ckpt_{size}"
+        with _tmpfs(folder, size) as mounted:
+            if not mounted:
+                tries.skip(f"train: {name} (F11)", "mounting a tmpfs needs root")
+                continue
+            spec = _train_spec(tmp, f"ckpt_{size}.txt", root, records, folder / "m.hdf5", 2, [NO_VALIDATION])
+            result = _run("train.py", "-e", spec, "--max_steps_per_epoch", 2)
+            finals = sorted(folder.glob("m.epoch*.hdf5"))
+            tries.check(f"train: {name}: one line naming the last good checkpoint (F11, A)",
+                        (_one_line_error(result, "cannot write the checkpoint", f"last good checkpoint: ")[0]
+                         and last_good in result.stderr.strip().splitlines()[-1]
+                         and all(_weights_finite(path) for path in finals)
+                         and not [path for path in folder.iterdir() if path.name.startswith(".")],
+                         (result.stderr[-400:], os.listdir(folder))))
+
+
 def _train_spec(tmp, name, root, records, output, epochs=1, extra=()):
     return tiny_training_spec(tmp / name, records, root, output, epochs, extra)
 
@@ -184,6 +265,13 @@ def _model_tries(tries, tmp, root):
                 _one_line_error(_run("evaluate.py", "-e", wrong_ext, "-m", model), "image not found"))
     _dense_tries(tries, tmp, tlt, epoch1)
     _inference_tries(tries, tmp, root, tlt, epoch1)
+    _model_file_tries(tries, tmp, tlt, epoch1, model)
+    _export_tries(tries, tmp, root, _train_spec(tmp, "export.txt", root, records, tmp / "mg" / "m.hdf5"), model)
+    _validation_tries(tries, tmp, root, records)
+    _divergence_tries(tries, tmp, root, records)
+    _kill_tries(tries, tmp, root, records)
+    _checkpoint_disk_tries(tries, tmp, root, records, model.stat().st_size)
+    _odd_image_tries(tries, tmp)
     # kill -9 evaluate of a .tlt while it loads (F10): no plaintext in the temp folder.
     system_temp = tmp / "system_temp"
     system_temp.mkdir()
@@ -195,6 +283,173 @@ def _model_tries(tries, tmp, root):
     child.wait()
     tries.check("evaluate: kill -9 of a .tlt evaluation leaves no plaintext model (F10)",
                 (not [n for n in os.listdir(system_temp) if n.endswith((".hdf5", ".h5"))], os.listdir(system_temp)))
+
+
+def _divergence_tries(tries, tmp, root, records):
+    """NaN stops (N, F5): the named last good checkpoint has finite weights; every kept one does."""
+    for name, lr, epochs in (("lr 1e6 stops with none written", ("base_lr: 0.02", "base_lr: 1e6"), 1),
+                             ("soft start up to base_lr 50 (F5)", ("base_lr: 0.02", "base_lr: 50.0"), 3)):
+        folder = tmp / f"nan_{epochs}"
+        spec = _train_spec(tmp, f"nan_{epochs}.txt", root, records, folder / "m.hdf5", epochs,
+                           [NO_VALIDATION, lr, ("start_lr: 0.002", "start_lr: 1e6" if epochs == 1 else "start_lr: 0.002")])
+        result = _run("train.py", "-e", spec, "--max_steps_per_epoch", 4)
+        kept = sorted(folder.glob("m.epoch*.hdf5")) if folder.exists() else []
+        last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+        named = last.split("last good checkpoint: ")[-1].split(")")[0] if "last good checkpoint: " in last else None
+        stopped = _one_line_error(result, "training stopped")[0] and named is not None
+        tries.check(f"train: {name}", ((stopped or result.returncode == 0)
+                                        and all(_weights_finite(path) for path in kept)
+                                        and (named in (None, "none written") or _weights_finite(named))
+                                        and (epochs > 1 or named == "none written"), (last, kept)))
+
+
+def _validation_tries(tries, tmp, root, records):
+    """F4: validation inputs checked before epoch 1; a bad validation image is named, the checkpoint kept."""
+    val0 = _train_spec(tmp, "val0_2.txt", root, str(tmp / "tfr_val0" / "v-fold-*"), tmp / "mv2" / "m.hdf5", 2, [
+        ("validation_period_during_training: 1", "validation_period_during_training: 2"),
+        ("  enable_qat: false\n", "  enable_qat: false\n  checkpoint_interval: 2\n")])
+    result = _run("train.py", "-e", val0, "--max_steps_per_epoch", 2)
+    tries.check("train: val_split 0, validation period 2, checkpoint interval 2 (F4)",
+                (_one_line_error(result, "no validation shards")[0] and "epoch 1/2" not in result.stderr,
+                 result.stderr[-300:]))
+    from frcnn_tf.data.pipeline import InputPipeline
+    from frcnn_tf.spec import load_experiment_spec
+
+    garbage_root = tmp / "garbage"
+    shutil.copytree(root, garbage_root)
+    spec = _train_spec(tmp, "garbage.txt", garbage_root, records, tmp / "mgb" / "m.hdf5", 1)
+    validation = [path for path, _ in InputPipeline(load_experiment_spec(spec))._images(training=False)]
+    with open(validation[0], "wb") as image:
+        image.write(os.urandom(3000))
+    result = _run("train.py", "-e", spec, "--max_steps_per_epoch", 2)
+    tries.check("train: a validation image replaced by garbage is named before epoch 1 (F4, F7)",
+                (_one_line_error(result, validation[0], "unreadable image")[0] and "epoch 1/1" not in result.stderr,
+                 result.stderr[-300:]))
+
+
+def _kill_tries(tries, tmp, root, records):
+    """kill -9 mid-run, while the epoch-2 checkpoint is written (A), then resume from epoch 1 (R)."""
+    folder = tmp / "mkill"
+    spec = _train_spec(tmp, "kill.txt", root, records, folder / "m.hdf5", 3, [NO_VALIDATION])
+    child = subprocess.Popen([sys.executable, str(REPO / "bin" / "train.py"), "-e", spec, "--max_steps_per_epoch", "3"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and child.poll() is None:
+        names = os.listdir(folder) if folder.exists() else []
+        if any("epoch2" in name for name in names):
+            break
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    names = sorted(os.listdir(folder))
+    finals = sorted(folder.glob("m.epoch*.hdf5"))
+    tries.check("train: kill -9 while the epoch-2 checkpoint is written leaves only whole checkpoints (A)",
+                ((folder / "m.epoch1.hdf5") in finals and all(_weights_finite(path) for path in finals), names))
+    resume = _train_spec(tmp, "kill_resume.txt", root, records, folder / "m.hdf5", 3, [
+        NO_VALIDATION, ("  enable_qat: false\n", f'  enable_qat: false\n  resume_from_model: "{finals[-1]}"\n')])
+    result = _run("train.py", "-e", resume, "--max_steps_per_epoch", 3)
+    epoch = int(finals[-1].name.split("epoch")[1].split(".")[0]) + 1
+    tries.check("train: resume after the kill continues at the next epoch and removes the temporaries (R)",
+                (result.returncode == 0 and f"at epoch {epoch}" in result.stderr
+                 and not [name for name in os.listdir(folder) if name.startswith(".")]
+                 and (folder / "m.epoch3.hdf5").exists(), (names, result.stderr[-300:])))
+
+
+def _odd_image_tries(tries, tmp):
+    """Decodable images in odd formats and modes (under .png names) train; odd labels are read or reported."""
+    odd = tiny_dataset(tmp / "odd", count=10)
+    images = odd / "images"
+    Image.open(images / "000000.png").convert("RGBA").save(images / "000000.png")
+    Image.open(images / "000001.png").convert("L").save(images / "000001.png")
+    Image.open(images / "000002.png").convert("I;16").save(images / "000002.png")
+    Image.open(images / "000003.png").convert("CMYK").save(images / "000003.png", format="JPEG")
+    Image.open(images / "000004.png").save(images / "000004.png", format="BMP")
+    Image.open(images / "000005.png").save(images / "000005.png", format="WEBP")
+    (odd / "labels" / "000006.txt").write_bytes(kitti_line("car", (4, 4, 36, 30)).encode() + b"\nvoiture\xe9 0 0 0 1 1 "
+                                                b"9 9 0 0 0 0 0 0 0\n")
+    spec = write_conversion_spec(tmp / "odd.txt", odd, val_split=0, shards=1)
+    result = _run("dataset_convert.py", "-d", spec, "-o", tmp / "tfr_odd" / "o")
+    tries.check("convert: odd image formats accepted, a latin-1 label line reported as FILE:LINE (S)",
+                (result.returncode == 0 and "000006.txt:" in result.stderr and "000005" not in result.stderr,
+                 result.stderr[-400:]))
+    huge = tiny_dataset(tmp / "huge", count=1)
+    (huge / "labels" / "000000.txt").write_text("\n".join([kitti_line("car", (4, 4, 36, 30))] * 100000) + "\n")
+    started = time.time()
+    result = _run("dataset_convert.py", "-d", write_conversion_spec(tmp / "huge.txt", huge, val_split=0, shards=1),
+                  "-o", tmp / "tfr_huge" / "h")
+    tries.check("convert: a 100,000-line label file", (result.returncode == 0 and time.time() - started < 120,
+                                                       result.stderr[-300:]))
+    train_spec = _train_spec(tmp, "odd_train.txt", odd, str(tmp / "tfr_odd" / "o-fold-*"), tmp / "modd" / "m.hdf5",
+                             1, [NO_VALIDATION])
+    tries.check("train: RGBA, grey, 16-bit, CMYK JPEG, BMP and WebP images train",
+                _ok(_run("train.py", "-e", train_spec, "--max_steps_per_epoch", 5)))
+
+
+def _model_file_tries(tries, tmp, tlt, epoch1, model):
+    """Keys, damaged model files, class lists and TensorRT where it is absent (K, E)."""
+    for name, args, parts in (
+            ("evaluate: a .tlt without a key", ("-m", epoch1), ("key",)),
+            ("evaluate: a .tlt with a wrong key", ("-m", epoch1, "-k", "wrong"), ("wrong key",))):
+        plain = tmp / "nokey.txt"
+        plain.write_text(pathlib.Path(tlt).read_text().replace('enc_key: "secret"\n', ""))
+        tries.check(name, _one_line_error(_run("evaluate.py", "-e", plain, *args, "-r", tmp / "evk"), *parts))
+    truncated = tmp / "truncated.hdf5"
+    truncated.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    corrupt_onnx = tmp / "corrupt.onnx"
+    corrupt_onnx.write_bytes(os.urandom(5000))
+    empty = tmp / "empty.hdf5"
+    import h5py
+
+    h5py.File(empty, "w").close()
+    for name, path in (("a truncated HDF5", truncated), ("an HDF5 without a model", empty),
+                       ("a corrupt ONNX", corrupt_onnx)):
+        tries.check(f"evaluate: {name}", _one_line_error(_run("evaluate.py", "-e", tlt, "-m", path, "-r", tmp / "evc"),
+                                                         str(path)))
+    classes = tmp / "classes.txt"
+    classes.write_text(pathlib.Path(tlt).read_text().replace("key: 'car' value: 'car'", "key: 'car' value: 'truck'"))
+    tries.check("evaluate: a spec whose classes differ from the model's",
+                _one_line_error(_run("evaluate.py", "-e", classes, "-m", model, "-r", tmp / "evcl"),
+                                "the model's classes ['car', 'background'] differ"))
+    engine = tmp / "m.engine"
+    engine.write_bytes(b"not an engine")
+    tries.check("evaluate: a .engine without TensorRT exits 2",
+                _one_line_error(_run("evaluate.py", "-e", tlt, "-m", engine, "-r", tmp / "eve"), "TensorRT",
+                                returncode=2))
+
+
+def _export_tries(tries, tmp, root, spec, model):
+    """Export and its INT8 calibration input (O, E, F13, F14); build_engine without TensorRT."""
+    onnx = tmp / "exp" / "m.onnx"
+    result = _run("export.py", "-m", model, "-o", onnx, "-e", spec)
+    tries.check("export: fp32, and the ONNX passes the TensorRT rules",
+                (result.returncode == 0 and _run("check_onnx.py", onnx).returncode == 0, result.stderr[-300:]))
+    tries.check("export: an existing ONNX is refused", _one_line_error(_run("export.py", "-m", model, "-o", onnx, "-e",
+                                                                            spec), "--overwrite"))
+    tries.check("export: a Keras model that is not frcnn_tf (F14)",
+                _one_line_error(_run("export.py", "-m", tmp / "dense.hdf5", "-o", tmp / "exp" / "d.onnx", "-e", spec),
+                                "not an frcnn_tf model"))
+    tries.check("export: int8 --batch_size 0 (F13)",
+                _one_line_error(_run("export.py", "-m", model, "-o", tmp / "exp" / "b0.onnx", "-e", spec, "--data_type",
+                                     "int8", "--batch_size", 0), "--batch_size 0"))
+    calibration = tmp / "cal"
+    calibration.mkdir()
+    for index in range(4):
+        shutil.copy(root / "images" / f"{index:06d}.png", calibration / f"{index:06d}.png")
+    (calibration / "text.png").write_text("not an image")
+    (calibration / "zero.png").write_bytes(b"")
+    result = _run("export.py", "-m", model, "-o", tmp / "exp" / "q.onnx", "-e", spec, "--data_type", "int8",
+                  "--cal_image_dir", calibration, "--batches", 6, "--batch_size", 1)
+    tries.check("export: int8 with unreadable calibration images names and skips them (F13)",
+                (result.returncode == 0 and "text.png" in result.stderr and "zero.png" in result.stderr
+                 and (tmp / "exp" / "q.onnx").exists(), result.stderr[-400:]))
+    result = _run("export.py", "-m", model, "-o", tmp / "exp" / "q10.onnx", "-e", spec, "--data_type", "int8",
+                  "--cal_image_dir", calibration, "--batches", 10, "--batch_size", 8)
+    tries.check("export: int8 on 4 images for --batches 10 x --batch_size 8 warns (F13)",
+                (result.returncode == 0 and "fewer than --batches 10 x --batch_size 8" in result.stderr,
+                 result.stderr[-400:]))
+    tries.check("build_engine: without TensorRT exits 2 with one line",
+                _one_line_error(_run("build_engine.py", "-m", onnx, "--engine_file", tmp / "exp" / "m.engine"),
+                                "TensorRT", returncode=2))
 
 
 def _convert_val0(tmp, root):
@@ -246,7 +501,9 @@ def test_replay_the_reliability_tries(tmp_path):
     tries = Tries()
     _spec_tries(tries, tmp_path)
     _convert_tries(tries, tmp_path, root)
+    _disk_tries(tries, tmp_path, root, write_conversion_spec(tmp_path / "disk.txt", root, val_split=25, shards=2))
     _model_tries(tries, tmp_path, root)
     passed = sum(ok for _, ok, _ in tries.results)
-    print(f"adversarial replay: {len(tries.results)} tried, {passed} passed")
+    print(f"adversarial replay: {len(tries.results)} tried, {passed} passed, {len(tries.not_tried)} not tried "
+          f"(need root): {tries.not_tried}")
     assert passed == len(tries.results), [(name, detail) for name, ok, detail in tries.results if not ok]
