@@ -7,6 +7,7 @@ Every stage calls the same function as its bin/ script; the specs it derives
 from specs/ are written to <workdir>/specs so each stage can be rerun by hand.
 """
 import dataclasses
+import importlib.resources
 import os
 import pathlib
 import time
@@ -26,7 +27,13 @@ from frcnn_tf.prune import PruneOptions, run_prune
 from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
 from frcnn_tf.train.trainer import run_train
 
-SPECS_DIR = pathlib.Path(__file__).resolve().parents[1] / "specs"
+# The default specs are package data (specs/ at the top of the checkout is a symlink to frcnn_tf/specs).
+SPECS_DIR = importlib.resources.files("frcnn_tf") / "specs"
+
+
+def _load_default_spec(load, name):
+    with importlib.resources.as_file(SPECS_DIR / name) as path:  # a real file even from a zipped install
+        return load(str(path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +66,12 @@ def _write_spec(message, path):
 
 def derive_specs(workdir, data_dir, options, classes):
     """Writes the conversion, training and QAT-retraining specs for this run; returns their paths."""
-    conversion = load_conversion_spec(str(SPECS_DIR / "kitti_convert.txt"))
+    conversion = _load_default_spec(load_conversion_spec, "kitti_convert.txt")
     conversion.kitti_config.root_directory_path = data_dir
     conversion.image_directory_path = data_dir
     conversion.kitti_config.num_shards = 2
 
-    train = load_experiment_spec(str(SPECS_DIR / "frcnn_resnet18_train.txt"))
+    train = _load_default_spec(load_experiment_spec, "frcnn_resnet18_train.txt")
     train.random_seed = options.seed
     model = train.model_config
     size = model.input_image_config.size_height_width
