@@ -18,7 +18,8 @@ import frcnn_tf  # selects tf_keras before TensorFlow is imported
 import tensorflow as tf
 
 from frcnn_tf.model import frcnn, layers
-from frcnn_tf.train import checkpoints, schedules
+from frcnn_tf import schedules
+from frcnn_tf.model import checkpoints
 
 BASES = (tf.keras.layers.Layer, tf.keras.regularizers.Regularizer, tf.keras.optimizers.schedules.LearningRateSchedule)
 # The CLI modules only define absl flags (several share names, so they cannot all be imported in one process).
