@@ -73,6 +73,7 @@ def test_entropy_clips_rare_outliers():
     assert entropy_amax(histogram) == pytest.approx(1.0, rel=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("draw", [lambda rng: rng.normal(0, 1, 500_000), lambda rng: rng.laplace(0, 1, 500_000),
                                   lambda rng: np.maximum(rng.normal(0.5, 1, 500_000), 0)])
 def test_entropy_matches_a_reference_transcription(draw):

@@ -190,6 +190,7 @@ def test_embedded_images(tmp_path):
     assert example[records.ENCODED].numpy() == (root / "images" / "000000.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_prints_class_table_and_one_line_errors(tmp_path):
     root = make_kitti(tmp_path / "kitti", {f"{i:06d}": [kitti_line("Car", (1, 1, 9, 9))] for i in range(4)})
     spec = write_conversion_spec(tmp_path / "c.txt", root)

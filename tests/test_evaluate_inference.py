@@ -53,6 +53,7 @@ def _run(script, *args):
                           timeout=900)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_report_and_plot(trained):
     path, checkpoint, tmp = trained
     result = _run("evaluate.py", "-e", path, "-m", checkpoint, "-r", str(tmp / "eval"))
@@ -67,6 +68,7 @@ def test_evaluate_cli_writes_report_and_plot(trained):
         assert plot.size == (640, 480)
 
 
+@pytest.mark.slow
 def test_inference_cli_writes_images_and_labels(trained, traffic_lights):
     path, checkpoint, tmp = trained
     images = tmp / "images"

@@ -19,6 +19,8 @@ from frcnn_tf.spec import load_experiment_spec
 from frcnn_tf.train.trainer import train
 from kitti_fixtures import small_training_spec
 
+pytestmark = pytest.mark.slow  # trains and exports a model, runs the CLI
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, traffic_light_records, traffic_lights):

@@ -109,3 +109,38 @@ def test_gamma_polarization_by_hand():
     assert float(loss) == pytest.approx(0.1 * (6 - 4))
     # Below the mean: pushed to zero at twice the weight; above it: no pressure.
     np.testing.assert_allclose(tape.gradient(loss, gamma).numpy(), [0.2, 0.0, 0.0, 0.0], atol=1e-7)
+
+
+def test_detection_model_uses_its_own_proposals_and_leaves_the_model_unchanged(tmp_path):
+    from frcnn_tf.settings import DetectionSettings, ProposalSettings
+
+    model = build_model(_spec(tmp_path))
+    before = model.get_layer("proposal").get_config()
+    settings = DetectionSettings(proposals=ProposalSettings(pre_nms_top_n=50, post_nms_top_n=7, nms_iou=0.5),
+                                 score_threshold=0.0, nms_iou=0.5, max_boxes=5, box_weights=(10.0, 10.0, 5.0, 5.0))
+    detector = FasterRCNN(model).detection_model(settings)
+    assert model.get_layer("proposal").get_config() == before  # the trained model is not reconfigured
+    assert detector.get_layer("proposal").post_nms_top_n == 7
+    assert detector.get_layer("proposal") is not model.get_layer("proposal")
+    boxes, scores, classes, valid = detector(tf.random.uniform([1, 64, 96, 3], 0, 255, seed=1))
+    assert boxes.shape == (1, 5, 4) and scores.shape == (1, 5)
+    for old, new in zip(model.weights, detector.weights):  # the same weights, copied
+        np.testing.assert_array_equal(old.numpy(), new.numpy())
+
+
+def test_train_outputs_shapes_and_targets(tmp_path):
+    from frcnn_tf.settings import ProposalSettings, RoiSampling, RpnSampling
+
+    small_anchors = ("scale: 64.0\n    scale: 128.0\n    scale: 256.0", "scale: 8.0\n    scale: 16.0\n    scale: 32.0")
+    frcnn = FasterRCNN(build_model(_spec(tmp_path, [small_anchors])), train_proposals=ProposalSettings(
+        pre_nms_top_n=100, post_nms_top_n=20, nms_iou=0.7), rpn_sampling=RpnSampling(
+        min_overlap=0.3, max_overlap=0.7, mini_batch=16), roi_sampling=RoiSampling(
+        min_overlap=0.0, max_overlap=0.5, mini_batch=8, gt_as_roi=True))
+    gt_boxes = tf.constant([[[8.0, 8.0, 40.0, 56.0], [0.0, 0.0, 0.0, 0.0]]] * 2)
+    gt_classes = tf.constant([[1, -1]] * 2)
+    out = frcnn.train_outputs(tf.zeros([2, 64, 96, 3]), gt_boxes, gt_classes, tf.constant([1, 2], tf.int64))
+    anchors = 4 * 6 * 9
+    assert out.rpn_logits.shape == (2, anchors) and out.rpn_deltas.shape == (2, anchors, 4)
+    assert out.rpn_labels.shape == (2, anchors) and int(tf.reduce_sum(tf.cast(out.rpn_labels >= 0, tf.int32))) == 32
+    assert out.class_logits.shape == (2, 8, 4) and out.deltas.shape == (2, 8, 12)
+    assert (out.roi_labels.numpy() == 1).any(axis=1).all()  # gt_as_roi: the ground-truth box is a foreground RoI

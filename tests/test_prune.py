@@ -98,8 +98,10 @@ def test_removing_zero_filters_keeps_outputs_exact(tmp_path):
     assert rows["block_2a_conv_1"]["filters_after"] == 64
     assert all(row["filters_after"] == row["filters_before"] for row in table if row["layer"] != "block_2a_conv_1")
     image = tf.constant(rng.normal(0, 50, [1, 64, 96, 3]), tf.float32)
-    for before, after in zip(model(image), pruned(image)):
-        np.testing.assert_allclose(after.numpy(), before.numpy(), rtol=1e-4, atol=1e-4)
+    # Fewer channels change oneDNN's summation order, so the last float bits differ; box corners
+    # (pixels, through exp in the decode) agree to a thousandth of a pixel, probabilities to 1e-4.
+    for before, after, atol in zip(model(image), pruned(image), (1e-3, 1e-4, 1e-4)):
+        np.testing.assert_allclose(after.numpy(), before.numpy(), rtol=1e-4, atol=atol)
 
 
 def test_pruned_faster_rcnn_is_smaller_keeps_shapes_and_trains(tmp_path):
@@ -120,11 +122,12 @@ def test_pruned_faster_rcnn_is_smaller_keeps_shapes_and_trains(tmp_path):
     path = str(tmp_path / "pruned.hdf5")
     checkpoints.save_model(pruned, path, {"class_names": ["circle", "square", "triangle", "background"]},
                            include_optimizer=False)
+    from frcnn_tf import schedules
+    from frcnn_tf.train.trainer import TrainStep, training_frcnn
+
     reloaded, metadata = checkpoints.load_model(path)
     frcnn = training_frcnn(reloaded, spec)
     assert frcnn.backbone_rpn.output_shape[0][-1] == pruned.get_layer("block_3b_relu").output.shape[-1]
-    from frcnn_tf import schedules
-    from frcnn_tf.train.trainer import TrainStep, training_frcnn
     optimizer = schedules.build_optimizer(spec.training_config.optimizer,
                                           schedules.build_schedule(spec.training_config.learning_rate, 10))
     step = TrainStep(spec, frcnn, optimizer, tf.distribute.get_strategy())

@@ -16,6 +16,8 @@ from frcnn_tf.train.trainer import TrainStep, train, training_frcnn
 from kitti_fixtures import small_training_spec
 from test_prune import _spec as tiny_spec
 
+pytestmark = pytest.mark.slow  # QAT conversion and training runs
+
 
 def test_qat_model_structure_and_training(tmp_path):
     spec = tiny_spec(tmp_path)

@@ -1,4 +1,5 @@
 """The main job end to end at a tiny size, on generated sample data."""
+import pytest
 import json
 import os
 
@@ -25,6 +26,7 @@ def test_sample_data_is_deterministic_and_labelled(tmp_path):
     assert (tmp_path / "a" / "images" / "000000.jpg").read_bytes() != sample_data_image(tmp_path, seed=4)
 
 
+@pytest.mark.slow
 def test_whole_workflow_at_tiny_size(tmp_path):
     options = QuickstartOptions(num_images=24, image_height=96, image_width=160, epochs=1, qat_epochs=1, batch_size=2,
                                 roi_mini_batch=16, eval_rois=16, max_steps_per_epoch=2, calibration_batches=2)

@@ -13,6 +13,8 @@ from frcnn_tf.spec import load_experiment_spec
 from frcnn_tf.train.trainer import TrainStep, train, training_frcnn
 from kitti_fixtures import small_training_spec
 
+pytestmark = pytest.mark.slow  # training on the real dataset
+
 
 def _spec(tmp_path, records, image_dir, **kw):
     return load_experiment_spec(small_training_spec(tmp_path / f"spec{len(os.listdir(tmp_path))}.txt", records,

@@ -128,12 +128,13 @@ def _initial_model(spec, enc_key):
     training = spec.training_config
     if training.resume_from_model:
         model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model", enc_key)
-        epoch = checkpoints.epoch_of(training.resume_from_model)
+        epoch, saved_optimizer = checkpoints.epoch_of(training.resume_from_model), model.optimizer
+        model = _with_qat(model, spec, training.resume_from_model)
         if epoch >= training.num_epochs:
             raise FrcnnError(f"{training.resume_from_model}: the run is finished (epoch {epoch} of num_epochs "
                              f"{training.num_epochs}); raise training_config.num_epochs to train further")
         logging.info("resuming from %s at epoch %d", training.resume_from_model, epoch + 1)
-        return _with_qat(model, spec, training.resume_from_model), model.optimizer, epoch, metadata
+        return model, saved_optimizer, epoch, metadata
     if training.retrain_pruned_model:
         model, metadata = checkpoints.load_model(training.retrain_pruned_model, "retrain_pruned_model", enc_key)
         logging.info("retraining the pruned model %s", training.retrain_pruned_model)
