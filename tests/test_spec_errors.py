@@ -54,7 +54,7 @@ def _line_of(text, needle):
     ("freeze_blocks: 1", "freeze_blocks: 4", "freeze_blocks: 4",
      "model_config.freeze_blocks: 4 is not a block of resnet:18; allowed: [0, 1, 2, 3]"),
     ("freeze_blocks: 1", "freeze_blocks: 3.4028235677973366e+38", "freeze_blocks: 3.4",  # hypothesis found it
-     "model_config.freeze_blocks: 3.40282e+38 is not a block of resnet:18; allowed: [0, 1, 2, 3]"),
+     "model_config.freeze_blocks: inf is not a block of resnet:18; allowed: [0, 1, 2, 3]"),
     ("weight: 1e-4", "weight: 1e-4\n    bn_gamma_l1_weight: -0.01", "bn_gamma_l1_weight:",
      "training_config.regularizer.bn_gamma_l1_weight: must be in [0, 1), got -0.01"),
     ("weight: 1e-4", "weight: 1e-4\n    bn_gamma_polarization: 1.5", "bn_gamma_polarization:",
