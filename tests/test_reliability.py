@@ -36,8 +36,9 @@ def _spec_path(tmp_path, tiny, output_model, epochs=1, extra=()):
 
 
 @pytest.mark.slow
-def test_f1_tlt_checkpoints_open_with_the_spec_key_through_resume_evaluate_prune(tiny, tmp_path):
+def test_f1_tlt_checkpoints_open_with_the_spec_key_through_resume_evaluate_prune_export(tiny, tmp_path):
     from frcnn_tf.evaluate import run_evaluate
+    from frcnn_tf.export.onnx_export import run_export
     from frcnn_tf.prune import PruneOptions, run_prune
 
     keyed = ("random_seed: 42", 'random_seed: 42\nenc_key: "secret"')
@@ -62,6 +63,11 @@ def test_f1_tlt_checkpoints_open_with_the_spec_key_through_resume_evaluate_prune
     checkpoints.load_model(pruned, key="secret")
     with pytest.raises(FrcnnError, match="wrong key"):
         run_prune(epoch2, str(tmp_path / "p2.tlt"), PruneOptions(), key="total")
+    assert run_export(resume, epoch2, str(tmp_path / "m.onnx"))["class_names"] == ["car"]  # the spec's enc_key
+    assert run_export(resume, pruned, str(tmp_path / "p.onnx"), key="secret")["class_names"] == ["car"]
+    for wrong in ("total", "other"):
+        with pytest.raises(FrcnnError, match="wrong key"):
+            run_export(resume, epoch2, str(tmp_path / f"{wrong}.onnx"), key=wrong)
 
 
 @pytest.fixture(scope="module")
