@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from frcnn_tf import quantize
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.io_utils import atomic_output
+from frcnn_tf.io_utils import atomic_write_bytes
 from frcnn_tf.model.frcnn import CUSTOM_OBJECTS
 from frcnn_tf.spec.derived import CHECKPOINT_NAME
 METADATA_KEY = "frcnn_tf"
@@ -86,19 +86,18 @@ def save_model(model, path, metadata, include_optimizer=True, key=None):
     """
     check_model_path(path, "the model file")
     _require_key(path, key)
-    with atomic_output(path) as temp_path:
+    # The HDF5 file is built in memory: a .tlt's plaintext never reaches the disk, and a full disk
+    # fails in one plain write (h5py left with a file it cannot close crashes the process at exit).
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": it is TLT's format
-            model.save(temp_path, save_format="h5", include_optimizer=include_optimizer)
-        with h5py.File(temp_path, "a") as h5:
-            h5.attrs[METADATA_KEY] = json.dumps(metadata)
-            config = h5.attrs["model_config"]
-            h5.attrs["model_config"] = json.dumps(_float32_compute(json.loads(config)))
-        if path.endswith(ENCRYPTED_EXTENSION):
-            with open(temp_path, "rb") as plain:
-                data = encrypt(plain.read(), key)
-            with open(temp_path, "wb") as sealed:
-                sealed.write(data)
+            model.save(h5, save_format="h5", include_optimizer=include_optimizer)
+        h5.attrs[METADATA_KEY] = json.dumps(metadata)
+        config = h5.attrs["model_config"]
+        h5.attrs["model_config"] = json.dumps(_float32_compute(json.loads(config)))
+    data = buffer.getvalue()
+    atomic_write_bytes(path, encrypt(data, key) if path.endswith(ENCRYPTED_EXTENSION) else data)
 
 
 def _float32_compute(config):
