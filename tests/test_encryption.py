@@ -43,3 +43,19 @@ def test_key_resolution():
     assert checkpoints.model_key(spec) == "tlt" and checkpoints.model_key(spec, "cli") == "cli"
     assert checkpoints.model_key(experiment_pb2.Experiment(enc_key="$KEY")) is None  # unset variable
     assert checkpoints.model_key(experiment_pb2.Experiment()) is None
+
+
+def test_a_model_file_is_written_once_and_a_tlt_never_in_plaintext(tmp_path, monkeypatch):
+    import errno
+
+    written = []
+    monkeypatch.setattr(checkpoints, "atomic_write_bytes", lambda path, data: written.append((path, data)))
+    checkpoints.save_model(_model(), str(tmp_path / "m.tlt"), {}, include_optimizer=False, key="s3cret")
+    assert [path for path, _ in written] == [str(tmp_path / "m.tlt")] and not os.listdir(tmp_path)
+    assert written[0][1].startswith(b"FRCNNTF1") and b"\x89HDF" not in written[0][1]
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    monkeypatch.setattr(checkpoints, "atomic_write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        checkpoints.save_model(_model(), str(tmp_path / "m.hdf5"), {}, include_optimizer=False)
