@@ -69,3 +69,8 @@ def test_mutated_conversion_specs_raise_only_spec_error(tmp_path_factory, text):
 @given(text=st.text(max_size=200))
 def test_arbitrary_text_raises_only_spec_error(tmp_path_factory, text):
     _load(load_experiment_spec, tmp_path_factory, text)
+
+
+def test_a_record_separator_in_a_comment_is_not_a_line_break(tmp_path_factory):
+    # str.splitlines() breaks lines at \x1e; protobuf's text format only at \n (hypothesis found it)
+    _load(load_experiment_spec, tmp_path_factory, "#\x1e0")

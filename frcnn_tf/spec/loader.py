@@ -65,7 +65,7 @@ def _bad_string(text):
     """(line, column, why) of the first string literal that does not decode, or None.
 
     protobuf reports such a string at the token after it, often on the next line."""
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # line numbers as text_format counts them
         for found in _STRING.finditer(line):
             try:
                 text_format.Tokenizer([found.group(0)]).ConsumeString()
@@ -144,7 +144,7 @@ def detect_kind(path):
     """'conversion' if the file's top-level fields belong to a conversion spec, else 'experiment'."""
     conversion_only = {f.name for f in dataset_export_config_pb2.DatasetExportConfig.DESCRIPTOR.fields}
     conversion_only -= {f.name for f in experiment_pb2.Experiment.DESCRIPTOR.fields}
-    tokenizer = text_format.Tokenizer(_read_text(path).splitlines())
+    tokenizer = text_format.Tokenizer(_read_text(path).split("\n"))
     depth = 0
     try:
         while not tokenizer.AtEnd():

@@ -32,7 +32,7 @@ def _unquote(token):
 
 class _Walker:
     def __init__(self, text):
-        tokenizer = text_format.Tokenizer(text.splitlines())
+        tokenizer = text_format.Tokenizer(text.split("\n"))  # as text_format.Parse splits: only \n ends a line
         self.tokens = []
         while not tokenizer.AtEnd():
             self.tokens.append((tokenizer.token, tokenizer._line + 1, tokenizer._column + 1))
