@@ -206,7 +206,7 @@ def _checkpoint_disk_tries(tries, tmp, root, records, checkpoint_size):
             result = _run("train.py", "-e", spec, "--max_steps_per_epoch", 2)
             finals = sorted(folder.glob("m.epoch*.hdf5"))
             tries.check(f"train: {name}: one line naming the last good checkpoint (F11, A)",
-                        (_one_line_error(result, "cannot write the checkpoint", f"last good checkpoint: ")[0]
+                        (_one_line_error(result, "cannot write the checkpoint", "last good checkpoint: ")[0]
                          and last_good in result.stderr.strip().splitlines()[-1]
                          and all(_weights_finite(path) for path in finals)
                          and not [path for path in folder.iterdir() if path.name.startswith(".")],

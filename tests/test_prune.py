@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
-from frcnn_tf.model.frcnn import FasterRCNN, build_model
+from frcnn_tf.model.frcnn import build_model
 from frcnn_tf.prune import PruneOptions, prune_model, retained_indices
 from frcnn_tf.spec import load_experiment_spec
 from frcnn_tf.model import checkpoints
