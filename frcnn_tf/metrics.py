@@ -105,3 +105,24 @@ def evaluate(detections, ground_truths, class_names, iou_thresholds=(0.5,), meth
     scored = [v for v in result["ap"].values() if v is not None]
     result["map"] = float(np.mean(scored)) if scored else 0.0
     return result
+
+
+def matched_share(reference, candidate, box_tolerance=1.0, score_tolerance=0.02):
+    """Share of `reference`'s detections that `candidate` reproduces: per image, a reference detection
+    is matched by an unused candidate detection of the same class whose four box coordinates are each
+    within `box_tolerance` (pixels) and whose score is within `score_tolerance` (greedy, reference
+    in descending score order). reference, candidate: per-image dicts of 'boxes' [k, 4], 'scores' [k],
+    'classes' [k]. 1.0 when the reference has no detection."""
+    matched = total = 0
+    for expected, found in zip(reference, candidate):
+        used = np.zeros(len(found["scores"]), bool)
+        for index in np.argsort(-np.asarray(expected["scores"]), kind="stable"):
+            total += 1
+            close = ((np.asarray(found["classes"]) == expected["classes"][index]) & ~used
+                     & (np.abs(np.asarray(found["boxes"]) - expected["boxes"][index]).max(axis=1, initial=0)
+                        <= box_tolerance)
+                     & (np.abs(np.asarray(found["scores"]) - expected["scores"][index]) <= score_tolerance))
+            if close.any():
+                used[np.argmax(close)] = True
+                matched += 1
+    return matched / total if total else 1.0

@@ -1,58 +1,335 @@
-"""Quantization-aware training with tensorflow-model-optimization (tfmot's default 8-bit scheme).
+"""Quantization-aware training with TensorRT's INT8 arithmetic (explicit quantization), on tfmot.
 
-Conv2D and Dense layers of the backbone, RPN and second-stage head get fake-quant
-weights and outputs (BatchNorm/ReLU/Add patterns as tfmot handles them); the
-Proposal, RoI crop and per-RoI reshape layers stay in float. Wrapped layers are
-named `quant_<name>`; `frcnn.find_layer` resolves either name.
+TensorRT runs a Q/DQ network as: weights INT8 per output channel, symmetric, narrow range
+[-127, 127]; activations INT8 per tensor, symmetric, zero point 0, clamped to [-128, 127],
+quantized where a Conv/MatMul reads them. Training here computes exactly that:
+
+* every Conv2D/Dense is wrapped in tfmot's QuantizeWrapperV2 with `TensorRTWeightQuantization`:
+  its kernel is fake-quantized per output channel, scale = max|w| / 127 (no variables);
+* a `TensorQuantize` layer sits on every tensor a Conv2D/Dense or a residual Add reads (the
+  image, block inputs, the RoI crop before block 4, the pooled head features): one per tensor,
+  shared by its readers, range amax tracked as a moving average of max|x| during training;
+* BatchNorm stays float after its conv. Per-channel symmetric scaling commutes with folding BN
+  (scale k = gamma / sqrt(var + eps) per channel c): max|w_c k_c| = |k_c| max|w_c|, so
+  round(w_c k_c / (|k_c| s_c)) = sign(k_c) round(w_c / s_c): the folded conv's INT8 weights are
+  the trained ones (sign-flipped where k < 0) with scale |k_c| s_c (`deployable_model`);
+* proposals, crop coordinates, NMS and box decoding stay float.
+
+`fake_quantize` is ONNX's DequantizeLinear(QuantizeLinear(x, scale, 0)) in TensorFlow ops
+(divide, round half to even, clip, multiply), so the Keras QAT model, onnxruntime and TensorRT
+compute the same numbers; the straight-through gradient passes inside the clip range.
 """
+import dataclasses
+import hashlib
+
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
+from tensorflow.python.framework import smart_cond
 
-QUANTIZED_LAYER_TYPES = (tf.keras.layers.Conv2D, tf.keras.layers.Dense, tf.keras.layers.BatchNormalization,
-                         tf.keras.layers.ReLU, tf.keras.layers.Add, tf.keras.layers.GlobalAveragePooling2D,
-                         tf.keras.layers.MaxPooling2D)
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.tensorrt_limits import INT8_MAX, INT8_MIN, WEIGHT_INT8_MAX
+
+MIN_SCALE = 1e-12  # scale of an all-zero tensor or channel (TensorRT needs positive scales)
+QUANTIZED_TYPES = ("Conv2D", "Dense")  # wrapped; their inputs and residual Adds' inputs get a TensorQuantize
+QUANTIZED_INPUTS = QUANTIZED_TYPES + ("Add",)
+WRAPPER_PREFIX = "quant_"
+
+
+def fake_quantize(values, scale, low, high):
+    """clip(round_half_even(values / scale), low, high) * scale (float32), with the straight-through
+    gradient inside [low * scale, high * scale]. scale broadcasts against values (per tensor: a
+    scalar; per output channel: [C] against a kernel's last axis)."""
+
+    @tf.custom_gradient
+    def quantize(x, step):
+        integers = tf.clip_by_value(tf.round(x / step), low, high)
+
+        def gradient(upstream):
+            inside = tf.logical_and(x >= low * step, x <= high * step)
+            return upstream * tf.cast(inside, upstream.dtype), tf.zeros_like(step)
+        return integers * step, gradient
+    return quantize(values, scale)
+
+
+def weight_scale(kernel):
+    """Per-output-channel scale [C] of a Conv2D (HWIO) or Dense ([in, out]) kernel: max|w| / 127."""
+    magnitude = tf.reduce_max(tf.abs(kernel), axis=list(range(len(kernel.shape) - 1)))
+    return tf.maximum(magnitude, MIN_SCALE) / WEIGHT_INT8_MAX
+
+
+def activation_scale(amax):
+    """The per-tensor scale of a range [-amax, amax]: amax / 127 (TensorRT's calibration cache value)."""
+    return tf.maximum(amax, MIN_SCALE) / INT8_MAX
+
+
+class PerChannelWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """Symmetric narrow-range INT8 per output channel; the scale follows the current weights."""
+
+    def build(self, tensor_shape, name, layer):
+        return {}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        return fake_quantize(inputs, weight_scale(inputs), -WEIGHT_INT8_MAX, WEIGHT_INT8_MAX)
+
+    def get_config(self):
+        return {}
+
+    def __eq__(self, other):
+        return isinstance(other, PerChannelWeightQuantizer)
+
+
+class TensorRTWeightQuantization(tfmot.quantization.keras.QuantizeConfig):
+    """tfmot QuantizeConfig of a Conv2D/Dense: the kernel per output channel, nothing else (the
+    activation a layer reads is quantized by the TensorQuantize before it)."""
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.kernel, PerChannelWeightQuantizer())]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.kernel = quantize_weights[0]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
+class TensorRTQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
+    """tfmot's wrapper, with the kernel trainable only when the wrapped layer is: tfmot lists it as
+    trainable always, so the frozen blocks (freeze_blocks) would have trained in QAT."""
+
+    @property
+    def trainable_weights(self):
+        return super().trainable_weights if self.trainable else []
+
+    @property
+    def non_trainable_weights(self):
+        frozen = [] if self.trainable else super().trainable_weights
+        return self._dedup_weights(frozen + super().non_trainable_weights)
+
+
+class TensorQuantize(tf.keras.layers.Layer):
+    """Per-tensor symmetric INT8 fake quantization of an activation [any shape], float32.
+
+    amax (scalar, non-trainable) is max|x| of the first training batch, then a moving average
+    (`decay`) of each training batch's max|x|; inference uses the stored amax. The scale is
+    amax / 127 and values clamp to [-128, 127] steps, as TensorRT's Q/DQ pair computes. An amax of
+    0 (never trained) quantizes everything to 0.
+    """
+
+    def __init__(self, decay=0.99, for_export=False, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.decay, self.for_export = float(decay), bool(for_export)
+
+    def build(self, input_shape):
+        self.amax = self.add_weight("amax", shape=(), initializer="zeros", trainable=False,
+                                    aggregation=tf.VariableAggregation.MEAN)
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        if self.for_export:
+            return export_quantize(inputs, activation_scale(self.amax))
+        if training is None:
+            training = tf.keras.backend.learning_phase()
+        amax = smart_cond.smart_cond(training, lambda: self._observe(inputs), lambda: tf.identity(self.amax))
+        return fake_quantize(inputs, activation_scale(amax), INT8_MIN, INT8_MAX)
+
+    def _observe(self, inputs):
+        batch = tf.reduce_max(tf.abs(inputs))
+        updated = tf.where(self.amax > 0, self.decay * self.amax + (1.0 - self.decay) * batch, batch)
+        self.amax.assign(updated)
+        return updated
+
+    def get_config(self):
+        return {**super().get_config(), "decay": self.decay, "for_export": self.for_export}
+
+
+def export_quantize(values, scale):
+    """The TensorQuantize of an exported graph: TensorFlow's QuantizeAndDequantizeV2 (signed, 8 bits,
+    half to even) over [-128 scale, 127 scale (1 - 2^-20)]. Grappler does not fold it (tf2onnx disables
+    folding quantization emulation) and tf2onnx rewrites it into QuantizeLinear/DequantizeLinear with
+    scale max(min / -128, max / 127) = `scale` exactly: -128 scale is exact in float32 and the upper
+    bound is kept a hair below 127 scale so that its side never rounds above it. (Its own arithmetic
+    differs from fake_quantize in the last bit at times; it is only converted, never run for results.)"""
+    return tf.quantization.quantize_and_dequantize_v2(
+        values, INT8_MIN * scale, INT8_MAX * (1.0 - 2.0 ** -20) * scale, signed_input=True, num_bits=8,
+        range_given=True, round_mode="HALF_TO_EVEN", narrow_range=False)
+
+
+CUSTOM_OBJECTS = {cls.__name__: cls for cls in (PerChannelWeightQuantizer, TensorRTWeightQuantization,
+                                                TensorRTQuantizeWrapper, TensorQuantize)}
 
 
 def is_quantized(model):
     return any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2) for layer in model.layers)
 
 
+def check_scheme(model, path):
+    """Refuses a QAT model of tfmot's default scheme (earlier frcnn_tf versions): its asymmetric
+    output ranges are not what TensorRT computes, so it cannot be trained on or deployed as trained."""
+    if is_quantized(model) and not any(isinstance(layer, TensorQuantize) for layer in model.layers):
+        raise FrcnnError(f"{path}: a QAT model of tfmot's default 8-bit scheme, which TensorRT cannot run as "
+                         "trained; retrain its float model with enable_qat (TensorRT's INT8 scheme)")
+
+
 def quantize_scope(custom_objects):
-    """Deserialisation scope for QAT models (tfmot wrappers and quantizers plus ours)."""
-    return tfmot.quantization.keras.quantize_scope(custom_objects)
+    """Deserialisation scope for QAT models (tfmot's wrapper, this scheme's classes, `custom_objects`)."""
+    return tfmot.quantization.keras.quantize_scope({**CUSTOM_OBJECTS, **custom_objects})
+
+
+def _rename_inputs(layer_config, renames):
+    for node in layer_config["inbound_nodes"]:
+        for reference in node:
+            reference[0] = renames.get(reference[0], reference[0])
 
 
 def quantize_model(model, custom_objects):
-    """A QAT copy of a float Faster R-CNN model, with the float model's weights."""
-    annotate = tfmot.quantization.keras.quantize_annotate_layer
-
-    def clone(layer):
-        fresh = layer.__class__.from_config(layer.get_config())
-        return annotate(fresh) if isinstance(layer, QUANTIZED_LAYER_TYPES) else fresh
-
-    annotated = tf.keras.models.clone_model(model, clone_function=clone)
+    """A QAT copy of a float Faster R-CNN model (pruned or not) with its weights; activation
+    ranges start empty and are set by the first training batch."""
+    config = model.get_config()
+    layers, quantizers, renames = [], {}, {}
+    for layer in config["layers"]:
+        if layer["class_name"] in QUANTIZED_INPUTS:
+            for node in layer["inbound_nodes"]:
+                for reference in node:
+                    source, node_index, tensor_index = reference[:3]
+                    if (source, node_index, tensor_index) not in quantizers:
+                        name = f"{source}_quantize" + (f"_{tensor_index}" if tensor_index else "")
+                        quantizers[source, node_index, tensor_index] = name
+                        layers.append({"class_name": "TensorQuantize", "name": name,
+                                       "config": {"name": name, "trainable": True, "dtype": "float32"},
+                                       "inbound_nodes": [[[renames.get(source, source), node_index, tensor_index,
+                                                           {}]]]})
+                    reference[:3] = [quantizers[source, node_index, tensor_index], 0, 0]
+        _rename_inputs(layer, renames)
+        if layer["class_name"] in QUANTIZED_TYPES:
+            inner = layer["config"]
+            name = renames[inner["name"]] = f"{WRAPPER_PREFIX}{inner['name']}"
+            layer = {"class_name": "TensorRTQuantizeWrapper", "name": name, "inbound_nodes": layer["inbound_nodes"],
+                     "config": {"name": name, "trainable": inner.get("trainable", True), "dtype": inner["dtype"],
+                                "layer": {"class_name": layer["class_name"], "config": inner},
+                                "quantize_config": {"class_name": "TensorRTWeightQuantization", "config": {}}}}
+        layers.append(layer)
+    for key in ("input_layers", "output_layers"):
+        for reference in config[key]:
+            reference[0] = renames.get(reference[0], reference[0])
+    config["layers"] = layers
     with quantize_scope(custom_objects):
-        # The unquantized (custom) layers are shared with `annotated`: the QAT graph is
-        # their last node (FasterRCNN reads that one).
-        quantized = tfmot.quantization.keras.quantize_apply(annotated)
+        quantized = tf.keras.Model.from_config(config, custom_objects={**CUSTOM_OBJECTS, **custom_objects})
     for layer in model.layers:
-        if layer.weights:
-            wrapped = isinstance(layer, QUANTIZED_LAYER_TYPES)
-            _copy_weights(layer, quantized.get_layer(f"quant_{layer.name}" if wrapped else layer.name))
+        for name, value in _variables(layer).items():
+            _variables(quantized.get_layer(renames.get(layer.name, layer.name)))[name].assign(value)
     return quantized
 
 
-def _copy_weights(source, target):
-    """Assigns `source`'s variables to `target`'s: a wrapper lists the layer's own weights first
-    (tfmot moves a conv's kernel onto the wrapper), then its quantizer variables."""
-    for variable, destination in zip(source.weights, target.weights):
-        if variable.shape != destination.shape:
-            raise ValueError(f"QAT conversion: {source.name} weight {variable.name} {variable.shape} does not "
-                             f"match {destination.name} {destination.shape}")
-        destination.assign(variable)
+def _variables(layer):
+    """{short name (kernel, gamma, amax, ...): variable} of a layer or a QAT wrapper (tfmot replaces
+    the wrapped layer's kernel attribute by its quantized tensor; the wrapper keeps the variable)."""
+    return {variable.name.split("/")[-1].split(":")[0]: variable for variable in layer.weights}
+
+
+def weight_integers(kernel):
+    """(INT8 values, per-channel scale [C]) of a kernel as training quantizes it: NumPy int8 and float32."""
+    kernel = tf.convert_to_tensor(kernel, tf.float32)
+    scale = weight_scale(kernel)
+    integers = tf.clip_by_value(tf.round(kernel / scale), -WEIGHT_INT8_MAX, WEIGHT_INT8_MAX)
+    return integers.numpy().astype(np.int8), scale.numpy()
+
+
+def _batch_norm_factors(layer):
+    """(k [C], shift [C]) with BN(x) = k * x + shift in inference mode."""
+    weights = {name: variable.numpy() for name, variable in _variables(layer).items()}
+    gamma = weights.get("gamma", np.ones_like(weights["moving_variance"]))
+    beta = weights.get("beta", np.zeros_like(weights["moving_mean"]))
+    k = (gamma / np.sqrt(weights["moving_variance"] + np.float32(layer.epsilon))).astype(np.float32)
+    return k, (beta - weights["moving_mean"] * k).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedScales:
+    """A QAT model's INT8 scales as export writes them: weights {kernel_digest: float32 [C]} (of the
+    deployable kernels) and activations, the float32 scale of each TensorQuantize."""
+
+    weights: dict
+    activations: list
+
+
+def deployable_model(model, custom_objects):
+    """(Keras model, TrainedScales): the QAT `model` in inference mode in the form
+    TensorRT runs it, for export. Each wrapped Conv2D/Dense becomes a plain layer whose kernel is
+    exactly INT8 values x per-channel scale, with a BatchNorm that follows it folded in (see the
+    module docstring); the TensorQuantize layers keep their ranges and emit `export_quantize`. The
+    weight scales are keyed by `kernel_digest` of the kernel, which survives ONNX's layouts."""
+    config = model.get_config()
+    by_name = {layer.name: layer for layer in model.layers}
+    readers = {}
+    for layer in config["layers"]:
+        for node in layer["inbound_nodes"]:
+            for reference in node:
+                readers.setdefault(reference[0], []).append(layer["name"])
+    layers, renames, folded = [], {}, {}
+    for layer in config["layers"]:
+        _rename_inputs(layer, renames)
+        if layer["class_name"] == "TensorRTQuantizeWrapper":
+            inner = dict(layer["config"]["layer"]["config"], use_bias=True)
+            renames[layer["name"]] = inner["name"]
+            follower = readers.get(layer["name"], [])
+            if (len(follower) == 1 and inner.get("activation", "linear") == "linear"
+                    and isinstance(by_name[follower[0]], tf.keras.layers.BatchNormalization)):
+                folded[layer["name"]] = follower[0]
+                renames[follower[0]] = inner["name"]
+            layer = {"class_name": layer["config"]["layer"]["class_name"], "name": inner["name"],
+                     "config": inner, "inbound_nodes": layer["inbound_nodes"]}
+        elif layer["name"] in folded.values():
+            continue
+        elif layer["class_name"] == "TensorQuantize":
+            layer["config"]["for_export"] = True
+        layers.append(layer)
+    for key in ("input_layers", "output_layers"):
+        for reference in config[key]:
+            reference[0] = renames.get(reference[0], reference[0])
+    config["layers"] = layers
+    with quantize_scope(custom_objects):
+        deployable = tf.keras.Model.from_config(config, custom_objects={**CUSTOM_OBJECTS, **custom_objects})
+    scales = {}
+    for layer in model.layers:
+        if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2):
+            variables = _variables(layer)
+            integers, scale = weight_integers(variables["kernel"])
+            bias = variables["bias"].numpy() if "bias" in variables else np.zeros_like(scale)
+            if layer.name in folded:
+                k, shift = _batch_norm_factors(by_name[folded[layer.name]])
+                integers = (integers * np.sign(k).astype(np.int8)).astype(np.int8)
+                scale = np.where(k != 0, scale * np.abs(k), scale).astype(np.float32)
+                bias = (bias * k + shift).astype(np.float32)
+            kernel = integers.astype(np.float32) * scale
+            scales[kernel_digest(kernel)] = scale
+            deployable.get_layer(layer.layer.name).set_weights([kernel, bias])
+        elif layer.weights and layer.name not in folded.values():
+            deployable.get_layer(layer.name).set_weights(layer.get_weights())
+    activations = [activation_scale(layer.amax).numpy() for layer in model.layers if isinstance(layer, TensorQuantize)]
+    return deployable, TrainedScales(weights=scales, activations=activations)
+
+
+def kernel_digest(values):
+    """A digest of a weight's values that does not depend on its layout (sorted float32 bytes)."""
+    return hashlib.sha1(np.sort(np.asarray(values, np.float32).ravel()).tobytes()).hexdigest()
 
 
 def fake_quant_layers(model):
     """Names of the layers whose kernels are fake-quantized (wrapped Conv2D/Dense)."""
-    return [layer.layer.name for layer in model.layers if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2)
-            and isinstance(layer.layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense))]
+    return [layer.layer.name for layer in model.layers if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2)]
+
+
+def activation_quantizers(model):
+    """{TensorQuantize layer name: amax} of a QAT model."""
+    return {layer.name: float(layer.amax.numpy()) for layer in model.layers if isinstance(layer, TensorQuantize)}

@@ -90,7 +90,8 @@ def test_entropy_clips_heavy_tails_harder_than_gaussian_tails():
 
 def test_cache_format_golden(tmp_path):
     path = tmp_path / "cal.bin"
-    header = calibration.write_cache(str(path), {"input_image": 127.0, "conv1/Relu:0": 2.54}, "entropy", "10.3.0")
+    scales = calibration.scales_of({"input_image": 127.0, "conv1/Relu:0": 2.54})
+    header = calibration.write_cache(str(path), scales, "entropy", "10.3.0")
     assert path.read_text() == ("TRT-100300-EntropyCalibration2\n"  # 10*10000 + 3*100 + 0
                                 "conv1/Relu:0: 3ca3d70a\n"  # 2.54 / 127 = 0.02 -> 0x3ca3d70a
                                 "input_image: 3f800000\n")  # 127 / 127 = 1.0
@@ -108,9 +109,9 @@ def test_tensorrt_version_numbers_of_cache_headers(version, number):
 
 def test_cache_version_default_and_rewrite(tmp_path, monkeypatch):
     monkeypatch.setattr(calibration, "installed_tensorrt_version", lambda: None)
-    assert calibration.write_cache(str(tmp_path / "a.bin"), {"x": 1.0}, "qat") == "TRT-100300-MinMaxCalibration"
+    assert calibration.write_cache(str(tmp_path / "a.bin"), {"x": 1 / 127}, "qat") == "TRT-100300-MinMaxCalibration"
     monkeypatch.setattr(calibration, "installed_tensorrt_version", lambda: "11.4.0.106")
-    assert calibration.write_cache(str(tmp_path / "b.bin"), {"x": 1.0}, "qat") == "TRT-110400-MinMaxCalibration"
+    assert calibration.write_cache(str(tmp_path / "b.bin"), {"x": 1 / 127}, "qat") == "TRT-110400-MinMaxCalibration"
     rewritten = calibration.with_version((tmp_path / "a.bin").read_text(), "10.16.0")
     assert rewritten == "TRT-101600-MinMaxCalibration\nx: 3c010204\n"
     with pytest.raises(FrcnnError, match="--trt_version ten: expected MAJOR.MINOR.PATCH"):
@@ -134,3 +135,13 @@ def test_malformed_cache_names_the_line(tmp_path):
     path.write_text("conv: 3f800000\n")
     with pytest.raises(FrcnnError, match=r"cal.bin:1: not a TensorRT calibration cache"):
         calibration.read_cache(str(path))
+
+
+def test_histograms_know_negative_tensors_and_clipped_shares():
+    histogram = calibration.AbsHistogram()
+    histogram.update(np.array([0.5, 1.0, 2.0], np.float32))
+    assert not histogram.negative
+    histogram.update(np.array([-3.0], np.float32))  # |x| 0.5, 1, 2, 3; the range doubled to 4 (bins of 1 / 512)
+    assert histogram.negative and histogram.max == 3.0
+    assert calibration.clipped_share(histogram, 2.5) == 0.25  # only 3 lies above
+    assert calibration.clipped_share(histogram, 0.25) == 1.0 and calibration.clipped_share(histogram, 3.0) == 0.0

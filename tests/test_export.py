@@ -222,8 +222,22 @@ def test_calibration_flags_and_images_are_checked_before_the_conversion(exported
     with caplog.at_level("WARNING"):
         assert calibration_images(options) == [str(folder / image.name) for image in good]
     assert f"{folder / 'a_broken.jpg'}: unreadable image" in caplog.text
-    assert "calibrating on 2 images" in caplog.text and "fewer than --batches 2 x --batch_size 2" in caplog.text
+    assert "2 images from" in caplog.text and "fewer than (--batches 2 + 1 held back) x --batch_size 2" in caplog.text
     (folder / good[0].name).unlink()
     (folder / good[1].name).unlink()
     with pytest.raises(FrcnnError, match="no calibration image decodes"):
         calibration_images(dataclasses.replace(options))
+
+
+def test_a_broken_calibration_is_refused_and_writes_nothing(exported, traffic_lights, tmp_path, monkeypatch):
+    """Calibration that clips every tensor at a thousandth of its range: export compares the INT8 model
+    with FP32 on held-back images and refuses, naming the most clipped tensors."""
+    from frcnn_tf.export.onnx_export import Int8Options
+
+    path, checkpoint, _ = exported
+    monkeypatch.setattr(calibration, "amax_of", lambda histogram, method, percentile=None: histogram.max / 1000)
+    options = Int8Options(cal_image_dir=str(traffic_lights / "images"), batch_size=4, batches=2)
+    with pytest.raises(FrcnnError, match=r"INT8 calibration diverges from FP32: on 4 held-back images .* mAP 0\.\d+ "
+                                         r"\(< 0\.5\); nothing is written\. Most clipped tensors: input_image: amax"):
+        run_export(path, checkpoint, str(tmp_path / "m.onnx"), "int8", int8=options)
+    assert not list(tmp_path.iterdir())

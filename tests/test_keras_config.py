@@ -18,7 +18,7 @@ import frcnn_tf  # selects tf_keras before TensorFlow is imported
 import tensorflow as tf
 
 from frcnn_tf.model import frcnn, layers
-from frcnn_tf import schedules
+from frcnn_tf import quantize, schedules
 from frcnn_tf.model import checkpoints
 
 BASES = (tf.keras.layers.Layer, tf.keras.regularizers.Regularizer, tf.keras.optimizers.schedules.LearningRateSchedule)
@@ -99,7 +99,22 @@ def _continuous_step():
     return schedules.ContinuousStep(base_lr=0.01, gamma=0.5, step_size=25.0, total_steps=200), [0, 49, 150]
 
 
-# class -> () -> (instance, input). Add a case here for every new custom Keras class.
+def _tensor_quantize():
+    # the exported form (QuantizeAndDequantizeV2) over a trained range of 0.8
+    return quantize.TensorQuantize(decay=0.9, for_export=True, name="quantize_case"), _random(12, 2, 5, 3), \
+        lambda layer: layer.amax.assign(0.8)
+
+
+def _quantize_wrapper():
+    def kernel(layer):
+        layer.weights[0].assign(_random(13, 4, 3))
+    wrapper = quantize.TensorRTQuantizeWrapper(tf.keras.layers.Dense(3, use_bias=False, name="dense_case"),
+                                               quantize.TensorRTWeightQuantization())
+    return wrapper, _random(14, 2, 4), kernel
+
+
+# class -> () -> (instance, input[, setup]). Add a case here for every new custom Keras class. A layer with
+# state gets `setup(layer)` after it is built, for the original and the restored instance alike.
 CASES = {
     layers.Proposal: _proposal,
     layers.RoiCrop: _roi_crop,
@@ -108,14 +123,19 @@ CASES = {
     frcnn.GammaPolarization: _gamma_polarization,
     schedules.SoftStartAnnealing: _soft_start,
     schedules.ContinuousStep: _continuous_step,
+    quantize.TensorQuantize: _tensor_quantize,
+    quantize.TensorRTQuantizeWrapper: _quantize_wrapper,
 }
 IDS = [cls.__name__ for cls in CASES]
 
 
-def _outputs(obj, inputs):
+def _outputs(obj, inputs, setup=None):
     if isinstance(obj, tf.keras.optimizers.schedules.LearningRateSchedule):
         result = [obj(step) for step in inputs]  # one global step at a time
     else:
+        if setup:
+            obj(inputs)
+            setup(obj)
         result = obj(inputs)
     return [np.asarray(value) for value in tf.nest.flatten(result)]
 
@@ -137,7 +157,7 @@ def test_every_custom_class_has_a_case():
 
 @pytest.mark.parametrize("cls", CASES, ids=IDS)
 def test_get_config_names_every_constructor_argument(cls):
-    obj, _ = CASES[cls]()
+    obj = CASES[cls]()[0]
     missing = set(_constructor_parameters(cls)) - set(obj.get_config())
     assert not missing, f"{cls.__name__}.get_config() lacks {sorted(missing)}"
 
@@ -153,22 +173,24 @@ def test_cases_use_non_default_arguments(cls):
 
 @pytest.mark.parametrize("cls", CASES, ids=IDS)
 def test_from_config_round_trip(cls):
-    obj, inputs = CASES[cls]()
+    obj, inputs, *setup = CASES[cls]()
     config = obj.get_config()
-    restored = cls.from_config(config)
+    with quantize.quantize_scope(checkpoints.CUSTOM_OBJECTS):  # as checkpoints.load_model reads configs
+        restored = cls.from_config(config)
     assert type(restored) is cls
     assert restored.get_config() == config
-    expected = _outputs(obj, inputs)
+    expected = _outputs(obj, inputs, *setup)
     assert any(value.size and np.any(value) for value in expected), "the case's output is all zeros: a weak check"
-    for before, after in zip(expected, _outputs(restored, inputs), strict=True):
+    for before, after in zip(expected, _outputs(restored, inputs, *setup), strict=True):
         np.testing.assert_array_equal(after, before)
 
 
 @pytest.mark.parametrize("cls", CASES, ids=IDS)
 def test_keras_deserialize_with_checkpoint_custom_objects(cls):
     """The path HDF5 loading takes: Keras' serialised form, resolved with checkpoints.CUSTOM_OBJECTS."""
-    obj, _ = CASES[cls]()
-    restored = tf.keras.utils.deserialize_keras_object(tf.keras.utils.serialize_keras_object(obj),
-                                                       custom_objects=checkpoints.CUSTOM_OBJECTS)
+    obj = CASES[cls]()[0]
+    with quantize.quantize_scope(checkpoints.CUSTOM_OBJECTS):
+        restored = tf.keras.utils.deserialize_keras_object(tf.keras.utils.serialize_keras_object(obj),
+                                                           custom_objects=checkpoints.CUSTOM_OBJECTS)
     assert type(restored) is cls
     assert restored.get_config() == obj.get_config()

@@ -119,3 +119,18 @@ def test_matches_pycocotools_101_point_ap():
         theirs = float(np.mean(precision[0, :, k, 0, 0]))
         assert ours["ap"][name] == pytest.approx(theirs, abs=1e-6), name
     assert 0.3 < ours["map"] < 0.95
+
+
+def test_matched_share_by_hand():
+    reference = [{"boxes": np.array([[0, 0, 10, 10], [5, 5, 20, 20], [0, 0, 4, 4.]]), "scores": np.array([.9, .8, .3]),
+                  "classes": np.array([0, 1, 0])}]
+    candidate = [{"boxes": np.array([[0.5, 0, 10, 10.9], [5, 5, 20, 22.], [0, 0, 4, 4.]]),
+                  "scores": np.array([.91, .8, .35]), "classes": np.array([0, 1, 0])}]
+    # the first matches (0.9 px, score 0.01); the second is 2 px off; the third's score is 0.05 off
+    assert metrics.matched_share(reference, candidate) == pytest.approx(1 / 3)
+    assert metrics.matched_share(reference, candidate, box_tolerance=2.0, score_tolerance=0.05) == 1.0
+    # one candidate matches one reference detection only
+    twice = [{"boxes": np.array([[0, 0, 10, 10.]] * 2), "scores": np.array([.9, .9]), "classes": np.array([0, 0])}]
+    assert metrics.matched_share(twice, [{k: v[:1] for k, v in twice[0].items()}]) == 0.5
+    assert metrics.matched_share([{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0)}],
+                                 candidate) == 1.0

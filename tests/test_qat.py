@@ -1,4 +1,5 @@
-"""QAT: fake-quant on every conv/dense of the backbone and heads, float custom layers, training, files."""
+"""QAT: TensorRT's INT8 scheme on every conv/dense of the backbone and heads, float custom layers, training,
+files, and the export of the trained scales as Q/DQ."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -32,6 +33,14 @@ def test_qat_model_structure_and_training(tmp_path):
     for name in ("conv1", "block_4b_conv_2", "dense_class_td"):  # float weights carried over
         kernel = qat.get_layer(f"quant_{name}").weights[0]
         np.testing.assert_array_equal(kernel.numpy(), model.get_layer(name).kernel.numpy())
+    # one activation quantizer per tensor a conv/dense or a residual add reads: the image, 8 x 4 per
+    # sub-block (conv_2's input, both add inputs, the output), the RPN conv's output, the crop, the pooled features
+    quantizers = quantize.activation_quantizers(qat)
+    assert len(quantizers) == 36 and {"input_image_quantize", "roi_pooling_quantize", "rpn_conv1_quantize",
+                                      "avg_pool_quantize", "block_2a_bn_shortcut_quantize"} < set(quantizers)
+    assert qat.get_layer("roi_pooling_quantize").input is qat.get_layer("roi_pooling").output
+    frozen = {v.name for layer in ("conv1", "block_1a_conv_1") for v in qat.get_layer(f"quant_{layer}").weights}
+    assert not frozen & {v.name for v in qat.trainable_weights}  # freeze_blocks 0 1 hold in QAT too
     with pytest.raises(FrcnnError, match="QAT model: prune the float model"):
         prune_model(qat, PruneOptions(), checkpoints.CUSTOM_OBJECTS)
 
@@ -69,7 +78,7 @@ def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records,
 
 
 def _check_qat_int8_export(spec_path, checkpoint, tmp_path):
-    """A QAT model exports to INT8 from its own ranges: symmetric Q/DQ, a cache, onnxruntime runs it."""
+    """A QAT model exports to INT8 with its trained scales: symmetric Q/DQ, a cache, onnxruntime runs it."""
     import onnx
 
     from frcnn_tf.export import calibration, tensorrt_rules
@@ -83,17 +92,21 @@ def _check_qat_int8_export(spec_path, checkpoint, tmp_path):
     assert info["calibrator"] == "qat"
     model = onnx.load(output)
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    assert all(initializers[n.input[2]].dtype == np.int8 and not initializers[n.input[2]].any() for n in quantize)
-    activations = {n.input[0] for n in quantize if n.input[0] not in initializers}
+    quantize_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(initializers[n.input[2]].dtype == np.int8 and not initializers[n.input[2]].any() for n in quantize_nodes)
+    activations = {n.input[0]: initializers[n.input[1]] for n in quantize_nodes if n.input[0] not in initializers}
     weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
     assert len(weights) == 30  # every conv and dense kernel: INT8 constants, a scale per output channel
     assert all(initializers[n.input[0]].dtype == np.int8 and initializers[n.input[1]].ndim == 1 for n in weights)
     cache = calibration.read_cache(str(tmp_path / "qat_int8.cal.bin"))
-    assert cache.algorithm == "MinMaxCalibration" and set(cache.scales) == activations and len(activations) >= 30
-    assert tensorrt_rules.check(model) == []  # block 4a's INT8 weights read an INT8 crop (its features' bound)
+    assert cache.algorithm == "MinMaxCalibration" and cache.scales == activations and len(activations) == 36
+    keras_model, _ = checkpoints.load_model(checkpoint)
+    trained = sorted(float(quantize.activation_scale(layer.amax)) for layer in keras_model.layers
+                     if isinstance(layer, quantize.TensorQuantize))
+    assert sorted(float(scale) for scale in activations.values()) == trained  # the trained scales, unchanged
+    assert tensorrt_rules.check(model) == []
     view = tensorrt_rules.GraphView(model)
-    sources = [view.source(n.input[0], tensorrt_rules.QDQ_TRANSPARENT) for n in quantize]
+    sources = [view.source(n.input[0], tensorrt_rules.QDQ_TRANSPARENT) for n in quantize_nodes]
     crops = [s for s in sources if s is not None and s.op_type == "MatMul" and "roi_pooling" in s.name]
     assert len(crops) == 1, [s.name for s in sources if s is not None]
     found = OnnxDetector(output)(np.zeros([2, *info["input_shape"]], np.float32))

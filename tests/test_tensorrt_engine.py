@@ -157,7 +157,7 @@ def test_tensorrt_11_builds_strongly_typed_without_precision_flags(tensorrt, tmp
 
 def test_tensorrt_10_int8_from_the_calibration_cache(tensorrt, tmp_path):
     calls = tensorrt("10.3.0")
-    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"input_image": 127.0, "conv1/Relu:0": 1.0, "gone:0": 1.0},
+    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"input_image": 1.0, "conv1/Relu:0": 1 / 127, "gone:0": 1 / 127},
                             "entropy", "10.3.0")
     onnx_path = _onnx(tmp_path / "m.onnx", "fp32")
     result = build_engine(onnx_path, str(tmp_path / "m.engine"),
@@ -173,7 +173,7 @@ def test_tensorrt_10_int8_from_the_calibration_cache(tensorrt, tmp_path):
 def test_a_cache_for_another_tensorrt_version_is_refused_unless_rewritten(tensorrt, tmp_path):
     calls = tensorrt("10.16.1.11")
     cache = tmp_path / "m.cal.bin"
-    calibration.write_cache(str(cache), {"input_image": 127.0}, "entropy", "8.6.1")
+    calibration.write_cache(str(cache), {"input_image": 1.0}, "entropy", "8.6.1")
     onnx_path = _onnx(tmp_path / "m.onnx", "fp32")
     options = EngineOptions(data_type="int8", cal_cache_file=str(cache))
     with pytest.raises(FrcnnError, match=r"m.cal.bin:1: the cache is for TensorRT version 8601, this is 10.16.1.11 "
@@ -187,7 +187,7 @@ def test_a_cache_for_another_tensorrt_version_is_refused_unless_rewritten(tensor
 
 def test_a_cache_naming_nothing_in_the_network_is_refused(tensorrt, tmp_path):
     tensorrt("10.3.0", layer_outputs=("input_image", "other__12:0"))
-    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"conv1/Relu__2236:0": 1.0}, "entropy", "10.3.0")
+    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"conv1/Relu__2236:0": 1 / 127}, "entropy", "10.3.0")
     with pytest.raises(FrcnnError, match="none of its 1 tensor names is in the network"):
         build_engine(_onnx(tmp_path / "m.onnx", "fp32"), str(tmp_path / "m.engine"),
                      EngineOptions(data_type="int8", cal_cache_file=str(tmp_path / "m.cal.bin")))
@@ -222,7 +222,7 @@ def test_a_data_type_the_onnx_does_not_carry_is_an_error(tensorrt, tmp_path, ver
 
 def test_tensorrt_11_has_no_implicit_int8(tensorrt, tmp_path):
     tensorrt("11.4.0.106")
-    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"input_image": 127.0}, "entropy", "11.4.0")
+    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"input_image": 1.0}, "entropy", "11.4.0")
     with pytest.raises(FrcnnError, match="TensorRT 11 has no implicit INT8 .* export the model with --data_type int8"):
         build_engine(_onnx(tmp_path / "m.onnx", "fp32"), str(tmp_path / "m.engine"),
                      EngineOptions(data_type="int8", cal_cache_file=str(tmp_path / "m.cal.bin")))

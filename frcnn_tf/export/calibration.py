@@ -11,11 +11,11 @@ import numpy as np
 
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.io_utils import atomic_write_text
+from frcnn_tf.tensorrt_limits import INT8_MAX
 
 CALIBRATORS = ("entropy", "percentile", "max")
 CACHE_ALGORITHMS = {"entropy": "EntropyCalibration2", "percentile": "MinMaxCalibration",
                     "max": "MinMaxCalibration", "qat": "MinMaxCalibration"}
-INT8_MAX = 127
 
 
 class AbsHistogram:
@@ -26,11 +26,14 @@ class AbsHistogram:
         self.counts = np.zeros(bins, np.int64)
         self.range = 0.0
         self.max = 0.0
+        self.negative = False  # whether any value was below 0 (not a ReLU output)
 
     def update(self, values):
-        values = np.abs(np.asarray(values, np.float32).ravel())
+        values = np.asarray(values, np.float32).ravel()
         if not values.size:
             return
+        self.negative = self.negative or bool(values.min() < 0)
+        values = np.abs(values)
         top = float(values.max())
         self.max = max(self.max, top)
         if top <= 0.0:
@@ -100,6 +103,12 @@ def _kl_divergence(reference, candidate):
     return float(np.sum(p[support] * np.log(p[support] / q[support])))
 
 
+def clipped_share(histogram, amax):
+    """Share of the values with |x| above amax, at bin resolution (bins starting above amax)."""
+    total = histogram.counts.sum()
+    return float(histogram.counts[histogram.edges[:-1] > amax].sum() / total) if total else 0.0
+
+
 def amax_of(histogram, method, percentile=99.99):
     if method == "entropy":
         return entropy_amax(histogram)
@@ -157,10 +166,14 @@ def format_cache(scales, algorithm, trt_version=DEFAULT_TRT_VERSION):
     return "\n".join(lines) + "\n"
 
 
-def write_cache(path, amax_by_tensor, method, trt_version=None):
-    """Writes the cache for tensor ranges (amax) found by `method` (a calibrator or 'qat'), for
+def scales_of(amax_by_tensor):
+    """{tensor: float32 scale amax / 127} of symmetric ranges [-amax, amax] (at least 1e-12 / 127)."""
+    return {name: np.float32(max(amax, 1e-12) / INT8_MAX) for name, amax in amax_by_tensor.items()}
+
+
+def write_cache(path, scales, method, trt_version=None):
+    """Writes the cache of per-tensor INT8 scales found by `method` (a calibrator or 'qat'), for
     `trt_version` (default: the installed TensorRT's, else DEFAULT_TRT_VERSION); returns its header."""
-    scales = {name: max(amax, 1e-12) / INT8_MAX for name, amax in amax_by_tensor.items()}
     text = format_cache(scales, CACHE_ALGORITHMS[method],
                         trt_version or installed_tensorrt_version() or DEFAULT_TRT_VERSION)
     atomic_write_text(path, text)

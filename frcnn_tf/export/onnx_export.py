@@ -16,6 +16,7 @@ import json
 import os
 import re
 
+import numpy as np
 import onnx
 import tensorflow as tf
 from onnx import numpy_helper
@@ -26,6 +27,8 @@ from tqdm import tqdm
 
 from frcnn_tf.data.images import image_dataset, list_images
 from frcnn_tf.data.pipeline import InputPipeline, image_problem
+from frcnn_tf.detectors import KerasDetector, split_detections
+from frcnn_tf import metrics, quantize
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import calibration, onnx_graph, tensorrt_rules, tf2onnx_handlers
 from frcnn_tf.io_utils import atomic_write_bytes, refuse_to_overwrite
@@ -43,6 +46,8 @@ OUTPUT_NAMES = ("boxes", "scores", "classes", "num_detections")
 # its name) in an order that varies between processes: tensor names must not (calibration caches).
 STABLE_OPTIMIZERS = {name: optimizer for name, optimizer in tf2onnx_optimizers._get_optimizers().items()
                      if name != "merge_duplication"}
+CONFIDENT = 0.5  # share of the best score from which reference detections must be found again (check_int8)
+AGREEMENT_MIN = 0.5  # PTQ whose mAP against FP32's strong detections is lower is refused
 GENERATED_NAME = re.compile(r"__(\d+)(?=:\d+$|$|/)")  # tf2onnx's make_name suffix
 
 
@@ -151,19 +156,30 @@ class Int8Options:
     trt_version: str = None  # TensorRT version written in the cache header (calibration.write_cache)
 
 
+def _names_and_weights(metadata, spec):
+    """The model's class names (background last) and box regression weights: its file's, else the spec's."""
+    return (metadata.get("class_names") or class_names(spec.dataset_config),
+            metadata.get("regression_weights") or regression_weights(spec.training_config))
+
+
 def export_graph(model, metadata, spec, section):
-    """(onnx.ModelProto, metadata) of the detection graph of a loaded model (float or QAT)."""
-    names = metadata.get("class_names") or class_names(spec.dataset_config)
-    weights = metadata.get("regression_weights") or regression_weights(spec.training_config)
+    """(onnx.ModelProto, metadata, quantize.TrainedScales or None) of the detection graph of a loaded model.
+
+    A QAT model is exported as quantize.deployable_model makes it (BatchNorm folded, kernels INT8 x
+    scale, each TensorQuantize a Q/DQ pair with its trained scale); its scales go to onnx_graph.qat_to_qdq."""
+    names, weights = _names_and_weights(metadata, spec)
+    trained = None
+    if quantize.is_quantized(model):
+        empty = sorted(name for name, amax in quantize.activation_quantizers(model).items() if amax <= 0)
+        if empty:
+            raise FrcnnError(f"the QAT model has empty quantization ranges ({', '.join(empty[:3])}...): train it "
+                             "for at least one step before export")
+        model, trained = quantize.deployable_model(model, checkpoints.CUSTOM_OBJECTS)
     detector = FasterRCNN(model).detection_model(DetectionSettings.from_section(section, weights))
     signature = (tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="input_image"),)
     proto, _ = tf2onnx.convert.from_keras(detector, input_signature=signature, opset=OPSET,
                                           custom_op_handlers=dict(tf2onnx_handlers.HANDLERS),
                                           optimizers=STABLE_OPTIMIZERS)
-    leftover = sorted(onnx_graph.op_types(proto) & {"FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxArgs"})
-    if leftover:
-        raise FrcnnError("the QAT model has empty quantization ranges (fake-quant min == max): train it for at "
-                         "least one epoch before export")
     unconverted = sorted({n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx")})
     if unconverted:  # tf2onnx logs a failed lowering and leaves the TensorFlow op in place
         raise FrcnnError(f"tf2onnx could not lower {', '.join(unconverted)} to ONNX (see its log above)")
@@ -172,13 +188,14 @@ def export_graph(model, metadata, spec, section):
     _stable_generated_names(proto)
     info = {"class_names": object_class_names(names), "input_shape": list(model.input_shape[1:]),
             "qat": bool(metadata.get("qat")), **preprocessing_metadata(spec)}
-    return proto, info
+    return proto, info, trained
 
 
 def calibration_images(options):
-    """The --cal_image_dir files calibration reads: the first batches x batch_size that decode; the
-    others are named in a warning. A folder without any is a FrcnnError."""
-    wanted, paths = options.batches * options.batch_size, []
+    """The --cal_image_dir files export reads: the first (batches + 1) x batch_size that decode (the
+    last batch is held back to check the INT8 model); the others are named in a warning. A folder
+    without any is a FrcnnError."""
+    wanted, paths = (options.batches + 1) * options.batch_size, []
     for path in list_images(options.cal_image_dir):
         problem = image_problem(path)
         if problem:
@@ -190,24 +207,43 @@ def calibration_images(options):
     if not paths:
         raise FrcnnError(f"{options.cal_image_dir}: no calibration image decodes")
     if len(paths) < wanted:
-        logging.warning("calibrating on %d images from %s, fewer than --batches %d x --batch_size %d", len(paths),
-                        options.cal_image_dir, options.batches, options.batch_size)
+        logging.warning("%d images from %s, fewer than (--batches %d + 1 held back) x --batch_size %d",
+                        len(paths), options.cal_image_dir, options.batches, options.batch_size)
     return paths
 
 
 def calibration_batches(spec, options, image_paths=None):
-    """Up to options.batches batches of network inputs (NumPy), from `image_paths` (see
-    calibration_images) or else the training folds (augmented, as TLT calibrates)."""
+    """(calibration batches, held-back batch or None) of network inputs (NumPy): up to options.batches
+    batches and one more, from `image_paths` (see calibration_images) or else the training folds
+    (augmented, as TLT calibrates)."""
     pipeline = InputPipeline(spec)
     if image_paths:
         data = image_dataset(pipeline, image_paths, options.batch_size).map(lambda images, scale, size: images)
     else:
         data = pipeline.dataset(training=True, batch_size=options.batch_size).map(lambda batch: batch["images"])
-    return (images.numpy() for images in data.take(options.batches))
+    batches = [images.numpy() for images in data.take(options.batches + 1)]
+    if len(batches) <= options.batches:
+        return batches, None
+    return batches[:-1], batches[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRange:
+    """A calibrated tensor: amax, the calibrator that chose it, its largest |x|, the share of values clipped."""
+
+    amax: float
+    method: str
+    max: float
+    clipped: float
 
 
 def calibrate(proto, batches, method="entropy", percentile=99.99):
-    """{tensor: amax} for the body's activation tensors of a float graph, over the batches."""
+    """{tensor: TensorRange} for the body's activation tensors of a float graph, over the batches.
+
+    `method` calibrates the tensors that are never negative (ReLU outputs, pooled features); a tensor
+    that takes negative values (the graph input: preprocessed pixels) keeps its full range (max):
+    entropy calibration of a dark image's pixels clips the few bright ones, which may be the objects.
+    """
     import onnxruntime
 
     names = onnx_graph.body_tensors(proto.graph)
@@ -221,18 +257,88 @@ def calibrate(proto, batches, method="entropy", percentile=99.99):
         seen += len(images)
     if not seen:
         raise FrcnnError("no calibration images: pass --cal_image_dir or check the spec's training tfrecords")
-    logging.info("calibrated %d tensors on %d images (%s)", len(names), seen, method)
-    return {name: calibration.amax_of(histogram, method, percentile) for name, histogram in histograms.items()}
+    logging.info("calibrated %d tensors on %d images (%s; max for tensors with negative values)", len(names), seen,
+                 method)
+    ranges = {}
+    for name, histogram in histograms.items():
+        chosen = "max" if histogram.negative else method
+        amax = calibration.amax_of(histogram, chosen, percentile)
+        ranges[name] = TensorRange(amax, chosen, histogram.max, calibration.clipped_share(histogram, amax))
+    return ranges
 
 
-def quantize_int8(proto, info, spec, options, image_paths=None):
-    """(Q/DQ ONNX, {tensor: amax}, cache method) for a float (calibrated) or QAT graph."""
-    if info["qat"]:
-        quantized, ranges = onnx_graph.symmetric_qat_ranges(proto)
-        return quantized, ranges, "qat"
-    ranges = calibrate(proto, calibration_batches(spec, options, image_paths), options.calibrator,
-                       options.percentile)
-    return onnx_graph.quantize_for_tensorrt(proto, ranges), ranges, options.calibrator
+def clipping_report(ranges, count=5):
+    """Lines naming the `count` tensors whose calibration clips the largest share of values."""
+    worst = sorted(ranges.items(), key=lambda item: -item[1].clipped)[:count]
+    return [f"{name}: amax {r.amax:.4g} of max {r.max:.4g} ({r.method}), {100 * r.clipped:.3f}% clipped"
+            for name, r in worst]
+
+
+def _onnx_detections(proto, images):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return split_detections(*session.run(None, {"input_image": np.asarray(images, np.float32)}))
+
+
+def agreement(reference, candidate, class_count):
+    """How well `candidate`'s detections reproduce `reference`'s on the same images: mAP (IoU 0.5) of
+    the candidate against the reference's strong detections (score at least CONFIDENT x its best
+    score on these images) taken as ground truth, or None when the reference has no detection."""
+    best = max((float(found["scores"].max()) for found in reference if len(found["scores"])), default=0.0)
+    if best <= 0.0:
+        return None
+    strong = [found["scores"] >= CONFIDENT * best for found in reference]
+    truths = [{"boxes": found["boxes"][keep], "classes": found["classes"][keep],
+               "difficult": np.zeros(int(keep.sum()), bool)} for found, keep in zip(reference, strong)]
+    return metrics.evaluate(candidate, truths, [str(i) for i in range(class_count)])["map"]
+
+
+def check_int8(reference, int8_proto, held_back, class_count, ranges=None):
+    """Compares the INT8 graph's detections on the held-back images with the reference's (FP32 ONNX
+    detections for PTQ, the Keras QAT model's for QAT); returns a summary dict. PTQ whose agreement
+    is below AGREEMENT_MIN is a FrcnnError naming the most clipped tensors: the model and cache
+    would not detect what the float model detects."""
+    if held_back is None:
+        logging.warning("no image left to check the INT8 model on (all went to calibration)")
+        return {}
+    expected, found = reference(held_back), _onnx_detections(int8_proto, held_back)
+    summary = {"images": len(held_back), "matched": round(metrics.matched_share(expected, found), 4),
+               "matched_back": round(metrics.matched_share(found, expected), 4)}
+    score = agreement(expected, found, class_count)
+    summary["map_vs_reference"] = None if score is None else round(score, 4)
+    logging.info("INT8 vs %s on %d held-back images: %.1f%% of its detections reproduced (%.1f%% back; same class, "
+                 "box within 1 px, score within 0.02); mAP against its strong detections: %s",
+                 "FP32" if ranges else "the Keras QAT model", len(held_back), 100 * summary["matched"],
+                 100 * summary["matched_back"], "n/a (none)" if score is None else f"{score:.4f}")
+    if ranges and score is not None and score < AGREEMENT_MIN:
+        raise FrcnnError(f"INT8 calibration diverges from FP32: on {len(held_back)} held-back images the INT8 model "
+                         f"finds FP32's strong detections with mAP {score:.4f} (< {AGREEMENT_MIN}); nothing is "
+                         f"written. Most clipped tensors: {'; '.join(clipping_report(ranges, 3))}. Calibrate on more "
+                         f"or more typical images (--cal_image_dir, --batches) or with --calibrator max")
+    return summary
+
+
+def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=None, qat_detector=None):
+    """(Q/DQ ONNX, {tensor: scale}, cache method, check summary) for a QAT graph (`trained`: its
+    quantize.TrainedScales from export_graph; `qat_detector` runs the Keras QAT model) or a float graph
+    (calibrated on images). The INT8 graph is checked against its reference on held-back images."""
+    if trained is not None:
+        quantized, scales = onnx_graph.qat_to_qdq(proto, trained.weights, trained.activations)
+        try:
+            held_back = calibration_batches(spec, dataclasses.replace(options, batches=0), image_paths)[1]
+        except (FrcnnError, OSError, tf.errors.OpError) as err:  # the data may live elsewhere: a report only
+            logging.warning("not checking the INT8 model against the Keras QAT model (no images: %s)", err)
+            return quantized, scales, "qat", {}
+        return quantized, scales, "qat", check_int8(qat_detector, quantized, held_back, class_count)
+    batches, held_back = calibration_batches(spec, options, image_paths)
+    ranges = calibrate(proto, batches, options.calibrator, options.percentile)
+    for line in clipping_report(ranges):
+        logging.info("most clipped: %s", line)
+    scales = calibration.scales_of({name: r.amax for name, r in ranges.items()})
+    quantized = onnx_graph.quantize_for_tensorrt(proto, scales)
+    summary = check_int8(lambda images: _onnx_detections(proto, images), quantized, held_back, class_count, ranges)
+    return quantized, scales, options.calibrator, summary
 
 
 def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=False, key=None,
@@ -254,17 +360,22 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
     if data_type == "int8" and not 0 < int8.percentile <= 100:
         raise FrcnnError(f"--percentile {int8.percentile}: choose a value in (0, 100]")
     model, metadata = checkpoints.load_model(model_path, key=checkpoints.model_key(spec, key))
-    image_paths = calibration_images(int8) if data_type == "int8" and int8.cal_image_dir and not metadata.get(
-        "qat") else None  # checked before the conversion, which takes minutes
+    quantize.check_scheme(model, model_path)
+    image_paths = calibration_images(int8) if data_type == "int8" and int8.cal_image_dir else None  # before the
+    # conversion, which takes minutes
     if None in model.input_shape[1:3]:
         raise FrcnnError(f"{model_path}: export needs a fixed input size (size_height_width in the spec)")
     if metadata.get("qat") and data_type == "fp16":
         raise FrcnnError(f"{model_path}: a QAT model exports as int8 (its ranges become the Q/DQ nodes) or fp32")
-    proto, info = export_graph(model, metadata, spec, section)
+    proto, info, trained = export_graph(model, metadata, spec, section)
     if data_type == "fp16":
         proto = onnx_graph.to_float16(proto)
     elif data_type == "int8":
-        proto, ranges, method = quantize_int8(proto, info, spec, int8, image_paths)
+        names, weights = _names_and_weights(metadata, spec)
+        qat_detector = KerasDetector(FasterRCNN(model), names, DetectionSettings.from_section(section, weights)) \
+            if trained is not None else None
+        proto, scales, method, info["int8_check"] = quantize_int8(proto, len(info["class_names"]), spec, int8,
+                                                                  image_paths, trained, qat_detector)
         info["cal_cache_file"] = os.path.basename(cache_path)
         info["calibrator"] = method
     info["data_type"] = data_type
@@ -272,7 +383,7 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
     onnx.checker.check_model(proto)
     check_for_tensorrt(proto, output_path)
     if data_type == "int8":
-        info["cal_cache_header"] = calibration.write_cache(cache_path, ranges, method, int8.trt_version)
+        info["cal_cache_header"] = calibration.write_cache(cache_path, scales, method, int8.trt_version)
         info["cal_cache_path"] = cache_path
     atomic_write_bytes(output_path, proto.SerializeToString())
     return info

@@ -11,7 +11,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from frcnn_tf.export.calibration import INT8_MAX
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.quantize import MIN_SCALE, kernel_digest
+from frcnn_tf.tensorrt_limits import WEIGHT_INT8_MAX
 
 BODY_OPS = {"Conv", "Relu", "MaxPool", "GlobalAveragePool", "AveragePool", "BatchNormalization"}
 WEIGHTED_OPS = {"MatMul", "Gemm"}  # in the body when input 1 is a weight (the RoI crop's MatMuls are not)
@@ -138,16 +140,16 @@ class _QdqBuilder:
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def pair(self, tensor, amax):
-        """Name of DQ(Q(tensor)) for an activation with range [-amax, amax]."""
+    def pair(self, tensor, scale, output=None):
+        """Name of DQ(Q(tensor)) (`output`, default `<tensor>__dq`) for a per-tensor float32 scale."""
         if tensor not in self.made:
-            scale = np.asarray(max(amax, 1e-12) / INT8_MAX, np.float32)
-            inputs = [tensor, self._constant(f"{tensor}__scale", scale),
-                      self._constant(f"{tensor}__zero_point", np.zeros((), np.int8))]
-            self.nodes.append(helper.make_node("QuantizeLinear", inputs, [f"{tensor}__q"], name=f"{tensor}__quantize"))
-            self.nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}__q", *inputs[1:]], [f"{tensor}__dq"],
-                                               name=f"{tensor}__dequantize"))
-            self.made[tensor] = f"{tensor}__dq"
+            output = output or f"{tensor}__dq"
+            inputs = [tensor, self._constant(f"{output}__scale", np.float32(scale)),
+                      self._constant(f"{output}__zero_point", np.zeros((), np.int8))]
+            self.nodes.append(helper.make_node("QuantizeLinear", inputs, [f"{output}__q"], name=f"{output}__quantize"))
+            self.nodes.append(helper.make_node("DequantizeLinear", [f"{output}__q", *inputs[1:]], [output],
+                                               name=f"{output}__dequantize"))
+            self.made[tensor] = output
         return self.made[tensor]
 
     def drain(self):
@@ -155,15 +157,20 @@ class _QdqBuilder:
         made, self.nodes = self.nodes, []
         return made
 
-    def dequantized_weight(self, name, values, axis):
+    def dequantized_weight(self, name, values, axis, scale=None):
         """Name of DequantizeLinear(INT8 weight, per-channel scale) for float `values`: the weight is
-        stored quantized (a quarter of the size; no runtime QuantizeLinear on constants)."""
+        stored quantized (a quarter of the size; no runtime QuantizeLinear on constants). `scale`
+        [C] None: max|w| / 127 per channel; given (QAT): `values` must be INT8 x scale exactly."""
         if name not in self.made:
-            other_axes = tuple(i for i in range(values.ndim) if i != axis)
-            scale = np.maximum(np.abs(values).max(axis=other_axes), 1e-12).astype(np.float32) / INT8_MAX
             shape = [1] * values.ndim
             shape[axis] = -1
-            quantized = np.clip(np.round(values / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+            if scale is None:
+                other_axes = tuple(i for i in range(values.ndim) if i != axis)
+                scale = np.maximum(np.abs(values).max(axis=other_axes), MIN_SCALE).astype(np.float32) / WEIGHT_INT8_MAX
+            integers = np.round(values / scale.reshape(shape))
+            if np.abs(integers).max(initial=0) > WEIGHT_INT8_MAX:
+                raise FrcnnError(f"{name}: a weight exceeds 127 steps of its scale")
+            quantized = integers.astype(np.int8)
             inputs = [self._constant(f"{name}__int8", quantized), self._constant(f"{name}__scale", scale),
                       self._constant(f"{name}__zero_point", np.zeros(scale.shape, np.int8))]
             self.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__dq"], name=f"{name}__dequantize",
@@ -172,19 +179,24 @@ class _QdqBuilder:
         return self.made[name]
 
 
-def _quantize_weights(node, builder, initializers):
-    """Points a Conv/MatMul's weight input at its per-output-channel INT8 dequantization; whether it did."""
+def _quantize_weights(node, builder, initializers, weight_scales=None):
+    """Points a Conv/MatMul's weight input at its per-output-channel INT8 dequantization; whether it
+    did. weight_scales (QAT): {quantize.kernel_digest: scale [C]}; a weight without one stays float."""
     weight = initializers.get(node.input[1]) if len(node.input) > 1 else None
     if node.op_type not in WEIGHT_AXIS or weight is None:
         return False
-    node.input[1] = builder.dequantized_weight(node.input[1], numpy_helper.to_array(weight),
-                                               WEIGHT_AXIS[node.op_type])
+    values, scale = numpy_helper.to_array(weight), None
+    if weight_scales is not None:
+        scale = weight_scales.get(kernel_digest(values))
+        if scale is None:
+            return False
+    node.input[1] = builder.dequantized_weight(node.input[1], values, WEIGHT_AXIS[node.op_type], scale)
     return True
 
 
-def quantize_for_tensorrt(model, amax_by_tensor):
-    """Copy of a float `model` with Q/DQ on each Conv/MatMul's activation input (ranges from
-    `amax_by_tensor`; inputs without a range stay float) and on its weights.
+def quantize_for_tensorrt(model, scale_by_tensor):
+    """Copy of a float `model` with Q/DQ on each Conv/MatMul's activation input (per-tensor scales
+    from `scale_by_tensor`; inputs without one stay float) and on its weights.
 
     Residual Adds stay float: with Q/DQ on their inputs (TensorRT's placement for fusing the Add
     into the conv) the entropy-calibrated main-job model lost half its mAP (0.0143 -> 0.0071 in
@@ -195,54 +207,65 @@ def quantize_for_tensorrt(model, amax_by_tensor):
     initializers = {i.name: i for i in graph.initializer}
     builder, nodes = _QdqBuilder(graph), []
     for node in graph.node:
-        if node.op_type in WEIGHT_AXIS and node.input[1] in initializers and node.input[0] in amax_by_tensor:
-            node.input[0] = builder.pair(node.input[0], amax_by_tensor[node.input[0]])
+        if node.op_type in WEIGHT_AXIS and node.input[1] in initializers and node.input[0] in scale_by_tensor:
+            node.input[0] = builder.pair(node.input[0], scale_by_tensor[node.input[0]])
         _quantize_weights(node, builder, initializers)
         nodes += builder.drain()
         nodes.append(node)
     return _finish(model, nodes)
 
 
-def symmetric_qat_ranges(model):
-    """Copy of a QAT export (tf2onnx writes tfmot's fake-quant as asymmetric UINT8 Q/DQ) with
-    each pair made symmetric INT8 over the same range, plus per-channel weight Q/DQ on every
-    Conv/MatMul; and the {tensor: amax} of the quantized activations."""
+def qat_to_qdq(model, weight_scales, activation_scales):
+    """Copy of a QAT export (quantize.deployable_model through tf2onnx) in TensorRT's explicit form,
+    and {activation tensor: scale}.
+
+    tf2onnx has turned each TensorQuantize into QuantizeLinear -> DequantizeLinear with its trained
+    scale (quantize.export_quantize); this checks each scale is one of `activation_scales` exactly
+    and each zero point INT8 0, puts a DQ that tf2onnx separated from its Q by a Transpose right
+    after the Q, and stores each Conv/MatMul weight INT8 per output channel behind a
+    DequantizeLinear with its scale from `weight_scales` ({quantize.kernel_digest: scale [C]}).
+    Nothing is re-derived: weights dequantize to the deployable model's kernels bit for bit, and
+    activations round as training rounded.
+    """
     model = _copy(model)
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    amax_by_tensor, amax_by_scale = {}, {}
+    trained = {np.float32(scale).tobytes() for scale in activation_scales}
+    scales = {}
     for node in graph.node:
         if node.op_type != "QuantizeLinear":
             continue
-        scale_name, zero_name = node.input[1], node.input[2]
-        if scale_name not in amax_by_scale:  # Q and its DQ share the scale and zero point
-            scale = numpy_helper.to_array(initializers[scale_name]).astype(np.float64)
-            zero = numpy_helper.to_array(initializers[zero_name]).astype(np.float64)
-            qmin, qmax = (0, 255) if initializers[zero_name].data_type == TensorProto.UINT8 else (-128, 127)
-            amax_by_scale[scale_name] = amax = float(np.max(np.maximum(np.abs((qmin - zero) * scale),
-                                                                       np.abs((qmax - zero) * scale))))
-            initializers[scale_name].CopyFrom(numpy_helper.from_array(np.asarray(amax / INT8_MAX, np.float32),
-                                                                      scale_name))
-            initializers[zero_name].CopyFrom(numpy_helper.from_array(np.asarray(0, np.int8), zero_name))
-        amax_by_tensor[node.input[0]] = amax_by_scale[scale_name]
-    producers, builder, nodes = _producers(graph), _QdqBuilder(graph), []
-    for node in graph.node:
-        if _quantize_weights(node, builder, initializers) and not _dequantized(producers, node.input[0]):
-            # INT8 weights need an INT8 activation: the float RoI crop feeding block 4 gets its bound
-            amax = _convex_bound(producers, initializers, node.input[0])
-            if amax is not None:  # else the TensorRT rule check names the conv
-                amax_by_tensor[node.input[0]] = amax
-                node.input[0] = builder.pair(node.input[0], amax)
+        scale, zero = (numpy_helper.to_array(initializers[name]) for name in node.input[1:3])
+        if scale.dtype != np.float32 or scale.ndim or scale.tobytes() not in trained:
+            raise FrcnnError(f"QAT export: {node.name} quantizes with scale {scale}, not a trained one")
+        if zero.dtype != np.int8 or zero.any():
+            raise FrcnnError(f"QAT export: {node.name} has zero point {zero} ({zero.dtype}), not INT8 0")
+        scales[node.input[0]] = scale
+    builder, nodes = _QdqBuilder(graph), []
+    for node in _dequantize_before_shape_ops(list(graph.node), initializers):
+        _quantize_weights(node, builder, initializers, weight_scales)
         nodes += builder.drain()
         nodes.append(node)
-    return _finish(model, _dequantize_before_shape_ops(nodes, initializers)), amax_by_tensor
+    unquantized = [n.name for n in nodes if n.op_type in WEIGHT_AXIS and n.input[1] in initializers]
+    if unquantized:
+        raise FrcnnError(f"QAT export: no trained weight scale for {', '.join(unquantized)}")
+    return _finish(model, nodes), scales
 
 
 def _dequantize_before_shape_ops(nodes, initializers):
-    """Nodes with Q -> shape op -> DQ (tf2onnx's transpose optimizer moves the NCHW -> NHWC Transpose
-    of the RPN outputs between the pair) reordered as Q -> DQ -> shape op: the same values for a
-    per-tensor scale, and no INT8 tensor into a Transpose or Reshape, whose TensorRT importers take
-    float and integer types only (operators.md)."""
+    """Nodes with Q -> shape ops -> DQ (tf2onnx's transpose optimizer moves NCHW <-> NHWC Transposes,
+    and the Reshape before them, between the pair) reordered as Q -> DQ -> shape ops: the same values
+    for a per-tensor scale, and no INT8 tensor into a Transpose or Reshape, whose TensorRT importers
+    take float and integer types only (operators.md)."""
+    while True:
+        reordered = _dequantize_before_one_shape_op(nodes, initializers)
+        if reordered == nodes:
+            return nodes
+        nodes = reordered
+
+
+def _dequantize_before_one_shape_op(nodes, initializers):
+    """One step of _dequantize_before_shape_ops: each DQ moves before the shape op that feeds it."""
     producers = {output: node for node in nodes for output in node.output}
     consumers = {}
     for node in nodes:
@@ -251,6 +274,8 @@ def _dequantize_before_shape_ops(nodes, initializers):
     moved, reordered = {}, []
     for node in nodes:
         source = producers.get(node.input[0]) if node.input else None
+        while source is not None and source.op_type in SHAPE_OPS:
+            source = producers.get(source.input[0])
         readers = consumers.get(node.output[0], []) if node.output else []
         if (node.op_type in SHAPE_OPS and source is not None and source.op_type == "QuantizeLinear"
                 and len(readers) == 1 and readers[0].op_type == "DequantizeLinear"
@@ -264,32 +289,6 @@ def _dequantize_before_shape_ops(nodes, initializers):
         if node.name in moved:
             reordered.append(moved.pop(node.name))
     return reordered
-
-
-def _dequantized(producers, name):
-    """Whether `name` is a DequantizeLinear output, looking through SHAPE_OPS."""
-    node = producers.get(name)
-    while node is not None and node.op_type in SHAPE_OPS:
-        node = producers.get(node.input[0])
-    return node is not None and node.op_type == "DequantizeLinear"
-
-
-def _convex_bound(producers, initializers, name):
-    """amax bounding a RoI crop output `name`, or None.
-
-    `crop_rois` computes MatMul(row weights, MatMul(column weights, features)) with
-    interpolation weights in [0, 1] that sum to at most 1 per sample, so every crop value
-    is a convex combination of feature values and 0: |crop| <= amax(features). The
-    features are input 1 of each MatMul; their range is their DequantizeLinear's.
-    """
-    node, matmuls = producers.get(name), 0
-    while node is not None and (node.op_type in SHAPE_OPS or node.op_type == "MatMul"):
-        matmuls += node.op_type == "MatMul"
-        node = producers.get(node.input[1] if node.op_type == "MatMul" else node.input[0])
-    if matmuls != 2 or node is None or node.op_type != "DequantizeLinear":
-        return None
-    scale = numpy_helper.to_array(initializers[node.input[1]])
-    return float(scale) * INT8_MAX if scale.ndim == 0 else None
 
 
 def with_outputs(model, names):

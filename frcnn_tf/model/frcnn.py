@@ -80,20 +80,8 @@ def rebuilt(model, edit_layer=None):
     with quantize.quantize_scope(CUSTOM_OBJECTS):
         fresh = tf.keras.Model.from_config(config, custom_objects=CUSTOM_OBJECTS)
     for layer in fresh.layers:
-        _copy_weights(model.get_layer(layer.name), layer)
+        layer.set_weights(model.get_layer(layer.name).get_weights())
     return fresh
-
-
-def _copy_weights(source, target):
-    """Assigns a layer's weights to the same layer of a rebuilt model. tfmot's QuantizeLayer built from
-    its config holds its min/max twice (with and without the layer scope); those take the value of the
-    source variable with the same name."""
-    if len(source.weights) == len(target.weights):
-        target.set_weights(source.get_weights())
-        return
-    by_name = {variable.name.split("/")[-1]: variable for variable in source.weights}
-    for variable in target.weights:
-        variable.assign(by_name[variable.name.split("/")[-1]])
 
 
 def override_regularizers(model, regularizer):
@@ -192,9 +180,7 @@ class FasterRCNN:
         self.model = model
         self.train_proposals, self.rpn_sampling, self.roi_sampling = train_proposals, rpn_sampling, roi_sampling
         crop = model.get_layer("roi_pooling")
-        # A layer shared with another graph (tfmot's QAT clone) has one node per graph; this
-        # model's is the last.
-        features, crop_output = crop.get_input_at(-1)[0], crop.get_output_at(-1)
+        features, crop_output = crop.input[0], crop.output
         self.backbone_rpn = tf.keras.Model(model.input, [features, find_layer(model, "rpn_out_class").output,
                                                          find_layer(model, "rpn_out_regress").output])
         classifier = find_layer(model, "dense_class_td")

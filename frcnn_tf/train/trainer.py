@@ -113,6 +113,7 @@ def training_frcnn(model, spec):
 def _with_qat(model, spec, source):
     """The model, converted to QAT when the spec enables it; a QAT model needs enable_qat."""
     if quantize.is_quantized(model):
+        quantize.check_scheme(model, source)
         if not spec.training_config.enable_qat:
             raise FrcnnError(f"{source}: is a QAT model but training_config.enable_qat is false; "
                              "set enable_qat: true (a QAT model cannot be trained in float)")

@@ -1,0 +1,160 @@
+"""TensorRT's INT8 arithmetic in training: the fake quantizers against onnxruntime's Q/DQ, per-channel
+weights, BatchNorm folding, and the export of a small QAT network to explicit Q/DQ."""
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import tensorflow as tf
+import tf2onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from frcnn_tf import quantize
+from frcnn_tf.errors import FrcnnError
+from frcnn_tf.export import onnx_graph, tensorrt_rules
+
+
+def _onnx_qdq(values, scale):
+    """onnxruntime's DequantizeLinear(QuantizeLinear(values, scale, int8 0))."""
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"])], "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(values.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(values.shape))],
+        [numpy_helper.from_array(np.float32(scale), "scale"), numpy_helper.from_array(np.int8(0), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": values})[0]
+
+
+def test_fake_quantize_by_hand():
+    # scale 0.5: x / 0.5 = 0.5 -> 0 and 1.5 -> 2, 2.5 -> 2 (half to even); 128 -> 127, -128.5 -> -128 (clamp)
+    values = tf.constant([0.24, 0.25, 0.75, 1.25, -0.25, 63.5, 64.0, -64.25, 100.0, -100.0])
+    expected = [0.0, 0.0, 1.0, 1.0, 0.0, 63.5, 63.5, -64.0, 63.5, -64.0]
+    np.testing.assert_array_equal(quantize.fake_quantize(values, tf.constant(0.5), -128, 127).numpy(), expected)
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        output = quantize.fake_quantize(values, tf.constant(0.5), -128, 127)
+    # straight through inside [-64, 63.5], nothing outside
+    np.testing.assert_array_equal(tape.gradient(output, values).numpy(), [1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+
+
+def test_tensor_quantize_equals_onnxruntime_qdq_bit_for_bit():
+    layer = quantize.TensorQuantize()
+    rng = np.random.default_rng(0)
+    first = rng.normal(0, 3, [4, 8, 8, 16]).astype(np.float32)
+    layer(first, training=True)  # the first batch sets amax = max|x|
+    assert layer.amax.numpy() == np.abs(first).max()
+    layer(2 * first, training=True)  # then a moving average with decay 0.99
+    np.testing.assert_allclose(layer.amax.numpy(), 1.01 * np.abs(first).max(), rtol=1e-6)
+    scale = quantize.activation_scale(layer.amax).numpy()
+    # values on exact half steps, beyond the range, and ordinary ones
+    values = np.concatenate([rng.normal(0, 4, 5000), (np.arange(-140, 140) + 0.5) * scale,
+                             [1e6, -1e6, 0.0]]).astype(np.float32).reshape(1, 1, -1, 1)
+    trained, deployed = layer(values, training=False).numpy(), _onnx_qdq(values, scale)
+    # bit for bit, except that a small negative input gives -0.0 in TensorFlow and +0.0 in onnxruntime
+    np.testing.assert_array_equal((trained + np.float32(0)).view(np.uint32), deployed.view(np.uint32))
+    assert trained.max() == np.float32(127) * scale and trained.min() == np.float32(-128) * scale
+
+
+def test_weights_per_output_channel_narrow_range_by_hand():
+    kernel = np.array([[0.5, 0.003], [-1.27, 0.0]], np.float32)  # Dense [in 2, out 2]
+    integers, scale = quantize.weight_integers(kernel)
+    np.testing.assert_allclose(scale, [0.01, 0.003 / 127], rtol=1e-6)
+    np.testing.assert_array_equal(integers, [[50, 127], [-127, 0]])
+    fake = quantize.PerChannelWeightQuantizer()(tf.constant(kernel), True, {}).numpy()
+    np.testing.assert_array_equal(fake, integers * scale)  # what training multiplies with
+
+
+def _conv_bn_model():
+    """image [1, 6, 6, 3] -> conv 3x3 x4 (no bias) -> BN -> ReLU -> conv 1x1 x2 -> + shortcut conv -> output."""
+    image = tf.keras.Input([6, 6, 3], name="image")
+    x = tf.keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(image)
+    x = tf.keras.layers.BatchNormalization(name="bn")(x)
+    x = tf.keras.layers.ReLU(name="relu")(x)
+    x = tf.keras.layers.Conv2D(2, 1, name="head")(x)
+    shortcut = tf.keras.layers.Conv2D(2, 1, name="shortcut")(image)
+    model = tf.keras.Model(image, tf.keras.layers.Add(name="add")([x, shortcut]))
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        layer.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+    # gamma: one negative, one zero channel; positive variances
+    model.get_layer("bn").set_weights([np.array([1.5, -0.7, 0.0, 0.3], np.float32), rng.normal(0, 0.1, 4),
+                                       rng.normal(0, 0.1, 4), rng.uniform(0.5, 2.0, 4)])
+    return model
+
+
+def test_qat_conversion_places_quantizers_where_tensorrt_reads_int8():
+    float_model = _conv_bn_model()
+    qat = quantize.quantize_model(float_model, {})
+    assert sorted(quantize.fake_quant_layers(qat)) == ["conv", "head", "shortcut"]
+    # one per tensor a conv or the residual add reads: the image (conv and shortcut share it), the ReLU, both add inputs
+    assert sorted(quantize.activation_quantizers(qat)) == ["head_quantize", "image_quantize",
+                                                          "relu_quantize", "shortcut_quantize"]
+    np.testing.assert_array_equal(qat.get_layer("quant_conv").weights[0].numpy(),
+                                  float_model.get_layer("conv").kernel.numpy())  # weights kept
+    assert quantize.is_quantized(qat) and not quantize.is_quantized(float_model)
+
+
+def test_batch_norm_folding_keeps_the_trained_integers():
+    qat = quantize.quantize_model(_conv_bn_model(), {})
+    images = np.random.default_rng(2).normal(0, 1, [8, 6, 6, 3]).astype(np.float32)
+    qat(images, training=True)
+    deployable, trained_scales = quantize.deployable_model(qat, {})
+    assert "bn" not in [layer.name for layer in deployable.layers]
+    trained_integers, trained_scale = quantize.weight_integers(qat.get_layer("quant_conv").weights[0])
+    gamma, beta, mean, variance = qat.get_layer("bn").get_weights()
+    k = gamma / np.sqrt(variance + 1e-3)
+    kernel, bias = deployable.get_layer("conv").get_weights()
+    folded_integers, folded_scale = quantize.weight_integers(kernel)
+    # the folded conv's INT8 weights are the trained ones, sign-flipped where gamma < 0; scale |k| x trained
+    np.testing.assert_array_equal(folded_integers[..., [0, 1, 3]],
+                                  (trained_integers * np.sign(k).astype(np.int8))[..., [0, 1, 3]])
+    np.testing.assert_allclose(folded_scale[[0, 1, 3]], (trained_scale * np.abs(k))[[0, 1, 3]], rtol=1e-6)
+    assert not folded_integers[..., 2].any()  # gamma 0: the channel is 0
+    np.testing.assert_allclose(bias, beta - mean * k, rtol=1e-5, atol=1e-6)
+    export_form = deployable(images).numpy()  # TensorFlow's QuantizeAndDequantizeV2 may differ in a last bit
+    np.testing.assert_allclose(export_form, qat(images, training=False).numpy(), atol=1e-3)
+
+    proto, _ = tf2onnx.convert.from_keras(deployable, input_signature=(tf.TensorSpec([None, 6, 6, 3], tf.float32,
+                                                                                     name="image"),), opset=17)
+    quantized, scales = onnx_graph.qat_to_qdq(proto, trained_scales.weights, trained_scales.activations)
+    assert tensorrt_rules.check(quantized) == []
+    onnx.checker.check_model(quantized)
+    initializers = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    nodes = quantized.graph.node
+    assert not [n for n in nodes if n.op_type == "Round"]
+    for node in nodes:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero = initializers[node.input[2]]
+            assert zero.dtype == np.int8 and not zero.any()
+    activation_scales = {float(initializers[n.input[1]]) for n in nodes if n.op_type == "QuantizeLinear"}
+    trained = {float(quantize.activation_scale(layer.amax)) for layer in qat.layers
+               if isinstance(layer, quantize.TensorQuantize)}
+    assert activation_scales == trained == {float(s) for s in scales.values()}  # the trained scales, unchanged
+    weights = [n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    assert all(initializers[n.input[0]].dtype == np.int8 and initializers[n.input[1]].ndim == 1 for n in weights)
+    assert len(weights) == 3
+    conv_weight = next(initializers[n.input[0]] for n in weights if initializers[n.input[0]].shape == (4, 3, 3, 3))
+    np.testing.assert_array_equal(conv_weight, folded_integers.transpose(3, 2, 0, 1))
+    session = onnxruntime.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": images})[0], qat(images, training=False).numpy(),
+                               atol=2e-5)
+
+
+def test_a_quantizer_scale_that_is_not_a_trained_one_is_refused():
+    image = tf.keras.Input([4], name="x")
+    model = tf.keras.Model(image, tf.keras.layers.Lambda(lambda t: quantize.export_quantize(t, 0.5))(image))
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=(tf.TensorSpec([None, 4], tf.float32, name="x"),),
+                                          opset=17)
+    assert onnx_graph.qat_to_qdq(proto, {}, [0.5])[1] == {"x": 0.5}
+    with pytest.raises(FrcnnError, match="quantizes with scale 0.5, not a trained one"):
+        onnx_graph.qat_to_qdq(proto, {}, [np.nextafter(np.float32(0.5), np.float32(1))])
+
+
+def test_tfmot_default_scheme_is_refused():
+    import tensorflow_model_optimization as tfmot
+
+    legacy = tfmot.quantization.keras.quantize_model(_conv_bn_model())
+    with pytest.raises(FrcnnError, match="m.hdf5: a QAT model of tfmot's default 8-bit scheme"):
+        quantize.check_scheme(legacy, "m.hdf5")
+    quantize.check_scheme(quantize.quantize_model(_conv_bn_model(), {}), "m.hdf5")
