@@ -23,7 +23,7 @@ def run_evaluate(spec_path, model_path=None, results_dir=None, key=None):
     result = evaluate_detector(spec, detector)
     stem = os.path.splitext(os.path.basename(model_path))[0]
     folder = results_dir or os.path.dirname(os.path.abspath(model_path))
-    report = {k: v for k, v in result.items() if k != "pr"}
+    report = {k: v for k, v in result.items() if k not in ("pr", "detections")}
     report["model"] = model_path
     atomic_write_text(os.path.join(folder, f"{stem}_evaluation.json"), json.dumps(report, indent=2))
     atomic_write_bytes(os.path.join(folder, f"{stem}_pr_curve.png"), pr_curve_png(result))

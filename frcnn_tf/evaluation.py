@@ -30,7 +30,8 @@ def collect(detector, dataset):
 
 
 def evaluate_detector(spec, detector):
-    """mAP of `detector` on the spec's validation split; returns metrics.evaluate's result + counts."""
+    """mAP of `detector` on the spec's validation split; returns metrics.evaluate's result + counts and
+    the detections per image (file pixels), in the dataset's order."""
     config = spec.evaluation_config
     pipeline = InputPipeline(spec)
     pipeline.check_images(training=False)
@@ -39,6 +40,7 @@ def evaluate_detector(spec, detector):
     method = "voc07" if config.use_voc07_11point_metric else "area"
     result = metrics.evaluate(detections, ground_truths, detector.class_names, iou_thresholds(config), method)
     result["images"] = len(ground_truths)
+    result["detections"] = detections
     result["method"] = method
     result["iou_thresholds"] = list(iou_thresholds(config))
     return result

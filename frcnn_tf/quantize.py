@@ -192,6 +192,17 @@ def _rename_inputs(layer_config, renames):
             reference[0] = renames.get(reference[0], reference[0])
 
 
+def _model_from_layers(config, layers, renames, custom_objects):
+    """A new model from a functional `config` with its layer list replaced by `layers` and the
+    model's inputs and outputs renamed by `renames` ({old layer name: new})."""
+    for key in ("input_layers", "output_layers"):
+        for reference in config[key]:
+            reference[0] = renames.get(reference[0], reference[0])
+    config["layers"] = layers
+    with quantize_scope(custom_objects):
+        return tf.keras.Model.from_config(config, custom_objects={**CUSTOM_OBJECTS, **custom_objects})
+
+
 def quantize_model(model, custom_objects):
     """A QAT copy of a float Faster R-CNN model (pruned or not) with its weights; activation
     ranges start empty and are set by the first training batch."""
@@ -219,12 +230,7 @@ def quantize_model(model, custom_objects):
                                 "layer": {"class_name": layer["class_name"], "config": inner},
                                 "quantize_config": {"class_name": "TensorRTWeightQuantization", "config": {}}}}
         layers.append(layer)
-    for key in ("input_layers", "output_layers"):
-        for reference in config[key]:
-            reference[0] = renames.get(reference[0], reference[0])
-    config["layers"] = layers
-    with quantize_scope(custom_objects):
-        quantized = tf.keras.Model.from_config(config, custom_objects={**CUSTOM_OBJECTS, **custom_objects})
+    quantized = _model_from_layers(config, layers, renames, custom_objects)
     for layer in model.layers:
         for name, value in _variables(layer).items():
             _variables(quantized.get_layer(renames.get(layer.name, layer.name)))[name].assign(value)
@@ -294,12 +300,7 @@ def deployable_model(model, custom_objects):
         elif layer["class_name"] == "TensorQuantize":
             layer["config"]["for_export"] = True
         layers.append(layer)
-    for key in ("input_layers", "output_layers"):
-        for reference in config[key]:
-            reference[0] = renames.get(reference[0], reference[0])
-    config["layers"] = layers
-    with quantize_scope(custom_objects):
-        deployable = tf.keras.Model.from_config(config, custom_objects={**CUSTOM_OBJECTS, **custom_objects})
+    deployable = _model_from_layers(config, layers, renames, custom_objects)
     scales = {}
     for layer in model.layers:
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2):

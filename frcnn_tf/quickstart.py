@@ -15,7 +15,7 @@ import time
 from absl import logging
 from google.protobuf import text_format
 
-from frcnn_tf import sample_data
+from frcnn_tf import metrics, sample_data
 from frcnn_tf.data.convert import run_dataset_convert
 from frcnn_tf.deployed import TensorRTMissing
 from frcnn_tf.evaluate import run_evaluate
@@ -182,6 +182,7 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
     result = stages.run("evaluate (Keras QAT)", run_evaluate, qat_spec, qat_path)
     stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result),
                 params=load_model(qat_path)[0].count_params())
+    references = {"QAT INT8": ("Keras QAT", result["detections"])}
 
     exports = {}
     for label, spec, source, data_type in (("FP32", train_spec, model_path, "fp32"),
@@ -195,6 +196,10 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
             stages.note(detail=f"cache {info['cal_cache_file']} ({info['cal_cache_header']})")
         result = stages.run(f"evaluate (onnxruntime {label})", run_evaluate, spec, path)
         stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result))
+        if label in references:
+            reference, expected = references[label]
+            stages.note(detail=f"vs {reference}: {_matched(expected, result['detections'])}")
+        references.setdefault("INT8", ("ONNX FP32", result["detections"]))  # the first export is FP32
         exports[f"ONNX {label}"] = path
     try:
         stages.run("TensorRT engine (INT8)", build_engine, exports["ONNX INT8"],
@@ -211,6 +216,12 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
                  "calibration caches": os.path.join(workdir, "export", "*.cal.bin"),
                  "inference": os.path.join(workdir, "inference"), "evaluation reports": os.path.dirname(model_path)}
     return stages.rows, artifacts
+
+
+def _matched(reference, candidate):
+    """'a% / b% of detections match' (same class, box within 1 px, score within 0.02; each way)."""
+    return (f"{100 * metrics.matched_share(reference, candidate):.1f}% / "
+            f"{100 * metrics.matched_share(candidate, reference):.1f}% of detections match")
 
 
 def format_summary(rows, artifacts):

@@ -229,15 +229,25 @@ def test_calibration_flags_and_images_are_checked_before_the_conversion(exported
         calibration_images(dataclasses.replace(options))
 
 
-def test_a_broken_calibration_is_refused_and_writes_nothing(exported, traffic_lights, tmp_path, monkeypatch):
+def test_a_broken_calibration_falls_back_or_is_refused_and_writes_nothing(exported, traffic_lights, tmp_path,
+                                                                          monkeypatch, caplog):
     """Calibration that clips every tensor at a thousandth of its range: export compares the INT8 model
-    with FP32 on held-back images and refuses, naming the most clipped tensors."""
+    with FP32 on held-back images, falls back to the next calibrator (saying so), and refuses when all
+    diverge, naming the most clipped tensors."""
     from frcnn_tf.export.onnx_export import Int8Options
 
     path, checkpoint, _ = exported
-    monkeypatch.setattr(calibration, "amax_of", lambda histogram, method, percentile=None: histogram.max / 1000)
     options = Int8Options(cal_image_dir=str(traffic_lights / "images"), batch_size=4, batches=2)
-    with pytest.raises(FrcnnError, match=r"INT8 calibration diverges from FP32: on 4 held-back images .* mAP 0\.\d+ "
-                                         r"\(< 0\.5\); nothing is written\. Most clipped tensors: input_image: amax"):
-        run_export(path, checkpoint, str(tmp_path / "m.onnx"), "int8", int8=options)
-    assert not list(tmp_path.iterdir())
+    amax_of = calibration.amax_of
+    monkeypatch.setattr(calibration, "amax_of", lambda histogram, method, percentile=None:
+                        histogram.max / 1000 if method == "entropy" else amax_of(histogram, method, percentile))
+    with caplog.at_level("WARNING"):
+        info = run_export(path, checkpoint, str(tmp_path / "m.onnx"), "int8", int8=options)
+    assert info["calibrator"] == "percentile" and info["int8_check"]["map_vs_reference"] >= 0.5
+    assert "INT8 with entropy calibration diverged from FP32 (entropy: mAP 0." in caplog.text
+    monkeypatch.setattr(calibration, "amax_of", lambda histogram, method, percentile=None: histogram.max / 1000)
+    with pytest.raises(FrcnnError, match=r"INT8 calibration diverges from FP32: on 4 held-back images .* with every "
+                                         r"calibrator \(entropy: mAP 0\.\d+, most clipped \S+: amax .*"
+                                         r"; max: mAP .*nothing is written"):
+        run_export(path, checkpoint, str(tmp_path / "n.onnx"), "int8", int8=options)
+    assert not list(tmp_path.glob("n.*"))

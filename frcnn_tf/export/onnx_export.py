@@ -237,13 +237,8 @@ class TensorRange:
     clipped: float
 
 
-def calibrate(proto, batches, method="entropy", percentile=99.99):
-    """{tensor: TensorRange} for the body's activation tensors of a float graph, over the batches.
-
-    `method` calibrates the tensors that are never negative (ReLU outputs, pooled features); a tensor
-    that takes negative values (the graph input: preprocessed pixels) keeps its full range (max):
-    entropy calibration of a dark image's pixels clips the few bright ones, which may be the objects.
-    """
+def calibrate(proto, batches):
+    """{tensor: calibration.AbsHistogram} of the body's activation tensors of a float graph over the batches."""
     import onnxruntime
 
     names = onnx_graph.body_tensors(proto.graph)
@@ -257,8 +252,15 @@ def calibrate(proto, batches, method="entropy", percentile=99.99):
         seen += len(images)
     if not seen:
         raise FrcnnError("no calibration images: pass --cal_image_dir or check the spec's training tfrecords")
-    logging.info("calibrated %d tensors on %d images (%s; max for tensors with negative values)", len(names), seen,
-                 method)
+    logging.info("calibrated %d tensors on %d images", len(names), seen)
+    return histograms
+
+
+def ranges_of(histograms, method, percentile=99.99):
+    """{tensor: TensorRange}: `method` chooses the range of each tensor that is never negative (ReLU
+    outputs, pooled features); a tensor that takes negative values (the graph input: preprocessed
+    pixels) keeps its full range (max): entropy calibration of a dark image's pixels clips the few
+    bright ones, which may be the objects."""
     ranges = {}
     for name, histogram in histograms.items():
         chosen = "max" if histogram.negative else method
@@ -294,29 +296,51 @@ def agreement(reference, candidate, class_count):
     return metrics.evaluate(candidate, truths, [str(i) for i in range(class_count)])["map"]
 
 
-def check_int8(reference, int8_proto, held_back, class_count, ranges=None):
-    """Compares the INT8 graph's detections on the held-back images with the reference's (FP32 ONNX
-    detections for PTQ, the Keras QAT model's for QAT); returns a summary dict. PTQ whose agreement
-    is below AGREEMENT_MIN is a FrcnnError naming the most clipped tensors: the model and cache
-    would not detect what the float model detects."""
+def check_int8(reference, int8_proto, held_back, class_count, label):
+    """Summary of how the INT8 graph's detections on the held-back images reproduce the reference's
+    (FP32 ONNX detections for PTQ, the Keras QAT model's for QAT), logged; {} without images."""
     if held_back is None:
         logging.warning("no image left to check the INT8 model on (all went to calibration)")
         return {}
     expected, found = reference(held_back), _onnx_detections(int8_proto, held_back)
-    summary = {"images": len(held_back), "matched": round(metrics.matched_share(expected, found), 4),
-               "matched_back": round(metrics.matched_share(found, expected), 4)}
     score = agreement(expected, found, class_count)
-    summary["map_vs_reference"] = None if score is None else round(score, 4)
+    summary = {"images": len(held_back), "matched": round(metrics.matched_share(expected, found), 4),
+               "matched_back": round(metrics.matched_share(found, expected), 4),
+               "map_vs_reference": None if score is None else round(score, 4)}
     logging.info("INT8 vs %s on %d held-back images: %.1f%% of its detections reproduced (%.1f%% back; same class, "
-                 "box within 1 px, score within 0.02); mAP against its strong detections: %s",
-                 "FP32" if ranges else "the Keras QAT model", len(held_back), 100 * summary["matched"],
-                 100 * summary["matched_back"], "n/a (none)" if score is None else f"{score:.4f}")
-    if ranges and score is not None and score < AGREEMENT_MIN:
-        raise FrcnnError(f"INT8 calibration diverges from FP32: on {len(held_back)} held-back images the INT8 model "
-                         f"finds FP32's strong detections with mAP {score:.4f} (< {AGREEMENT_MIN}); nothing is "
-                         f"written. Most clipped tensors: {'; '.join(clipping_report(ranges, 3))}. Calibrate on more "
-                         f"or more typical images (--cal_image_dir, --batches) or with --calibrator max")
+                 "box within 1 px, score within 0.02); mAP against its strong detections: %s", label,
+                 len(held_back), 100 * summary["matched"], 100 * summary["matched_back"],
+                 "n/a (none)" if score is None else f"{score:.4f}")
     return summary
+
+
+def _calibrated_int8(proto, batches, held_back, class_count, options):
+    """(Q/DQ ONNX, {tensor: scale}, calibrator, check summary) of the first calibrator, starting with
+    options.calibrator and falling back to percentile then max (saying so), whose INT8 detections
+    agree with FP32's on the held-back images (mAP against FP32's strong detections >= AGREEMENT_MIN).
+    None agreeing is a FrcnnError naming the most clipped tensors: the model and cache would not
+    detect what the float model detects."""
+    histograms = calibrate(proto, batches)
+    attempts = []
+    for method in dict.fromkeys((options.calibrator, "percentile", "max")):
+        ranges = ranges_of(histograms, method, options.percentile)
+        for line in clipping_report(ranges):
+            logging.info("%s calibration, most clipped: %s", method, line)
+        scales = calibration.scales_of({name: r.amax for name, r in ranges.items()})
+        quantized = onnx_graph.quantize_for_tensorrt(proto, scales)
+        summary = check_int8(lambda images: _onnx_detections(proto, images), quantized, held_back, class_count,
+                             "FP32")
+        score = summary.get("map_vs_reference")
+        if score is None or score >= AGREEMENT_MIN:
+            if attempts:
+                logging.warning("INT8 with %s calibration diverged from FP32 (%s); using %s calibration, whose "
+                                "mAP against FP32 is %.4f", options.calibrator, "; ".join(attempts), method, score)
+            return quantized, scales, method, {**summary, "fallback_from": attempts}
+        attempts.append(f"{method}: mAP {score:.4f}, most clipped {clipping_report(ranges, 1)[0]}")
+    raise FrcnnError(f"INT8 calibration diverges from FP32: on {len(held_back)} held-back images the INT8 model finds "
+                     f"FP32's strong detections with mAP below {AGREEMENT_MIN} with every calibrator "
+                     f"({'; '.join(attempts)}); nothing is written. Calibrate on more or more typical images "
+                     "(--cal_image_dir, --batches) or keep this model in FP16")
 
 
 def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=None, qat_detector=None):
@@ -330,15 +354,10 @@ def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=N
         except (FrcnnError, OSError, tf.errors.OpError) as err:  # the data may live elsewhere: a report only
             logging.warning("not checking the INT8 model against the Keras QAT model (no images: %s)", err)
             return quantized, scales, "qat", {}
-        return quantized, scales, "qat", check_int8(qat_detector, quantized, held_back, class_count)
+        return quantized, scales, "qat", check_int8(qat_detector, quantized, held_back, class_count,
+                                                    "the Keras QAT model")
     batches, held_back = calibration_batches(spec, options, image_paths)
-    ranges = calibrate(proto, batches, options.calibrator, options.percentile)
-    for line in clipping_report(ranges):
-        logging.info("most clipped: %s", line)
-    scales = calibration.scales_of({name: r.amax for name, r in ranges.items()})
-    quantized = onnx_graph.quantize_for_tensorrt(proto, scales)
-    summary = check_int8(lambda images: _onnx_detections(proto, images), quantized, held_back, class_count, ranges)
-    return quantized, scales, options.calibrator, summary
+    return _calibrated_int8(proto, batches, held_back, class_count, options)
 
 
 def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=False, key=None,
