@@ -1,5 +1,7 @@
 """QAT: TensorRT's INT8 scheme on every conv/dense of the backbone and heads, float custom layers, training,
 files, and the export of the trained scales as Q/DQ."""
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -75,6 +77,13 @@ def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records,
     with pytest.raises(FrcnnError, match="is a QAT model but training_config.enable_qat is false"):
         train(spec, max_steps_per_epoch=3)
     _check_qat_int8_export(path, result["checkpoints"][0], tmp_path)
+    # a QAT checkpoint resumes as QAT, its ranges carried on
+    spec.training_config.enable_qat, spec.training_config.num_epochs = True, 2
+    ranges = quantize.activation_quantizers(model)
+    resumed = train(spec, max_steps_per_epoch=1)["checkpoints"]
+    assert [pathlib.Path(p).name for p in resumed] == ["qat.epoch2.hdf5"]
+    after = quantize.activation_quantizers(checkpoints.load_model(resumed[0])[0])
+    assert after.keys() == ranges.keys() and all(0 < after[n] < 2 * ranges[n] for n in ranges)  # EMA, not reset
 
 
 def _check_qat_int8_export(spec_path, checkpoint, tmp_path):

@@ -276,6 +276,23 @@ def clipping_report(ranges, count=5):
             for name, r in worst]
 
 
+def divergence_report(proto, quantized, images, count=3):
+    """Lines naming the `count` body tensors whose values in the INT8 graph differ most from the FP32
+    graph's on `images` (relative RMS error, errors accumulated from the input on)."""
+    import onnxruntime
+
+    names = [name for name in onnx_graph.body_tensors(proto.graph) if name != "input_image"]
+    values = []
+    for graph in (proto, quantized):
+        session = onnxruntime.InferenceSession(onnx_graph.with_outputs(graph, names).SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        values.append(session.run(names, {"input_image": np.asarray(images, np.float32)}))
+    errors = {name: float(np.linalg.norm(int8 - fp32) / max(np.linalg.norm(fp32), 1e-12))
+              for name, fp32, int8 in zip(names, *values)}
+    return [f"{name}: {100 * error:.1f}% relative error" for name, error in
+            sorted(errors.items(), key=lambda item: -item[1])[:count]]
+
+
 def _onnx_detections(proto, images):
     import onnxruntime
 
@@ -336,7 +353,11 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
                 logging.warning("INT8 with %s calibration diverged from FP32 (%s); using %s calibration, whose "
                                 "mAP against FP32 is %.4f", options.calibrator, "; ".join(attempts), method, score)
             return quantized, scales, method, {**summary, "fallback_from": attempts}
-        attempts.append(f"{method}: mAP {score:.4f}, most clipped {clipping_report(ranges, 1)[0]}")
+        worst = divergence_report(proto, quantized, held_back)
+        logging.warning("%s calibration: INT8 diverges from FP32 (mAP %.4f against its strong detections); most "
+                        "diverging tensors: %s", method, score, "; ".join(worst))
+        attempts.append(f"{method}: mAP {score:.4f}, most clipped {clipping_report(ranges, 1)[0]}, most diverging "
+                        f"{worst[0]}")
     raise FrcnnError(f"INT8 calibration diverges from FP32: on {len(held_back)} held-back images the INT8 model finds "
                      f"FP32's strong detections with mAP below {AGREEMENT_MIN} with every calibrator "
                      f"({'; '.join(attempts)}); nothing is written. Calibrate on more or more typical images "
