@@ -1,6 +1,7 @@
 """The main job end to end at a tiny size, on generated sample data."""
 import pytest
 import json
+import re
 import os
 
 import numpy as np
@@ -40,6 +41,10 @@ def test_whole_workflow_at_tiny_size(tmp_path):
     for key in ("model", "pruned model", "QAT model", "ONNX FP32", "ONNX FP16", "ONNX INT8", "ONNX QAT INT8"):
         assert os.path.isfile(artifacts[key]), key
     assert "skipped: TensorRT is not installed" in rows[-2]["detail"]
+    detail = {row["stage"]: row.get("detail", "") for row in rows}
+    assert re.fullmatch(r"vs Keras QAT: \d+\.\d% / \d+\.\d% of detections match",
+                        detail["evaluate (onnxruntime QAT INT8)"])
+    assert detail["evaluate (onnxruntime INT8)"].startswith("vs ONNX FP32: ")
     # The float training pushes channels to zero for pruning; the pruned model retrains without it.
     regularizers = [load_experiment_spec(os.path.join(artifacts["specs"], name)).training_config.regularizer
                     for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt")]

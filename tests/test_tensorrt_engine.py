@@ -157,8 +157,8 @@ def test_tensorrt_11_builds_strongly_typed_without_precision_flags(tensorrt, tmp
 
 def test_tensorrt_10_int8_from_the_calibration_cache(tensorrt, tmp_path):
     calls = tensorrt("10.3.0")
-    calibration.write_cache(str(tmp_path / "m.cal.bin"), {"input_image": 1.0, "conv1/Relu:0": 1 / 127, "gone:0": 1 / 127},
-                            "entropy", "10.3.0")
+    calibration.write_cache(str(tmp_path / "m.cal.bin"),
+                            {"input_image": 1.0, "conv1/Relu:0": 1 / 127, "gone:0": 1 / 127}, "entropy", "10.3.0")
     onnx_path = _onnx(tmp_path / "m.onnx", "fp32")
     result = build_engine(onnx_path, str(tmp_path / "m.engine"),
                           EngineOptions(data_type="int8", cal_cache_file=str(tmp_path / "m.cal.bin")))
