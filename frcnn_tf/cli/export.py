@@ -36,7 +36,7 @@ def main(argv):
     if info.get("cal_cache_header"):
         print(f"wrote {info['cal_cache_path']} ({info['cal_cache_header']}, {info['calibrator']})")
     check = info.get("int8_check")
-    if check:
+    if check and "images" in check:
         print(f"INT8 vs {'the Keras QAT model' if info['qat'] else 'FP32'} on {check['images']} held-back images: "
               f"{100 * check['matched']:.1f}% of its detections reproduced, {100 * check['matched_back']:.1f}% "
               f"back (same class, box within 1 px, score within 0.02); mAP against its strong detections: "

@@ -48,6 +48,7 @@ STABLE_OPTIMIZERS = {name: optimizer for name, optimizer in tf2onnx_optimizers._
                      if name != "merge_duplication"}
 CONFIDENT = 0.5  # share of the best score from which reference detections must be found again (check_int8)
 AGREEMENT_MIN = 0.5  # PTQ whose mAP against FP32's strong detections is lower is refused
+TRUSTED_SCORE = 0.5  # ... unless FP32's best detection scores lower (an untrained model: the check cannot judge)
 GENERATED_NAME = re.compile(r"__(\d+)(?=:\d+$|$|/)")  # tf2onnx's make_name suffix
 
 
@@ -300,11 +301,15 @@ def _onnx_detections(proto, images):
     return split_detections(*session.run(None, {"input_image": np.asarray(images, np.float32)}))
 
 
+def _best_score(detections):
+    return max((float(found["scores"].max()) for found in detections if len(found["scores"])), default=0.0)
+
+
 def agreement(reference, candidate, class_count):
     """How well `candidate`'s detections reproduce `reference`'s on the same images: mAP (IoU 0.5) of
     the candidate against the reference's strong detections (score at least CONFIDENT x its best
     score on these images) taken as ground truth, or None when the reference has no detection."""
-    best = max((float(found["scores"].max()) for found in reference if len(found["scores"])), default=0.0)
+    best = _best_score(reference)
     if best <= 0.0:
         return None
     strong = [found["scores"] >= CONFIDENT * best for found in reference]
@@ -321,7 +326,8 @@ def check_int8(reference, int8_proto, held_back, class_count, label):
         return {}
     expected, found = reference(held_back), _onnx_detections(int8_proto, held_back)
     score = agreement(expected, found, class_count)
-    summary = {"images": len(held_back), "matched": round(metrics.matched_share(expected, found), 4),
+    summary = {"images": len(held_back), "reference_best_score": round(_best_score(expected), 4),
+               "matched": round(metrics.matched_share(expected, found), 4),
                "matched_back": round(metrics.matched_share(found, expected), 4),
                "map_vs_reference": None if score is None else round(score, 4)}
     logging.info("INT8 vs %s on %d held-back images: %.1f%% of its detections reproduced (%.1f%% back; same class, "
@@ -335,10 +341,11 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
     """(Q/DQ ONNX, {tensor: scale}, calibrator, check summary) of the first calibrator, starting with
     options.calibrator and falling back to percentile then max (saying so), whose INT8 detections
     agree with FP32's on the held-back images (mAP against FP32's strong detections >= AGREEMENT_MIN).
-    None agreeing is a FrcnnError naming the most clipped tensors: the model and cache would not
-    detect what the float model detects."""
+    None agreeing is a FrcnnError naming the most clipped and diverging tensors (the model and cache
+    would not detect what the float model detects), unless FP32's best detection scores below
+    TRUSTED_SCORE: then the best calibration is written with a warning."""
     histograms = calibrate(proto, batches)
-    attempts = []
+    attempts, tries = [], []
     for method in dict.fromkeys((options.calibrator, "percentile", "max")):
         ranges = ranges_of(histograms, method, options.percentile)
         for line in clipping_report(ranges):
@@ -352,12 +359,19 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
             if attempts:
                 logging.warning("INT8 with %s calibration diverged from FP32 (%s); using %s calibration, whose "
                                 "mAP against FP32 is %.4f", options.calibrator, "; ".join(attempts), method, score)
-            return quantized, scales, method, {**summary, "fallback_from": attempts}
+            return quantized, scales, method, {**summary, "fallback_from": attempts} if summary else {}
         worst = divergence_report(proto, quantized, held_back)
         logging.warning("%s calibration: INT8 diverges from FP32 (mAP %.4f against its strong detections); most "
                         "diverging tensors: %s", method, score, "; ".join(worst))
         attempts.append(f"{method}: mAP {score:.4f}, most clipped {clipping_report(ranges, 1)[0]}, most diverging "
                         f"{worst[0]}")
+        tries.append((score, quantized, scales, method, summary))
+    if summary["reference_best_score"] < TRUSTED_SCORE:  # an untrained model's detections are noise
+        score, quantized, scales, method, summary = max(tries, key=lambda attempt: attempt[0])
+        logging.warning("FP32's best detection on the held-back images scores %.3f (< %.1f): the model looks "
+                        "untrained, so the INT8 check cannot judge the calibration; writing the %s calibration "
+                        "(mAP %.4f against FP32)", summary["reference_best_score"], TRUSTED_SCORE, method, score)
+        return quantized, scales, method, {**summary, "fallback_from": attempts} if summary else {}
     raise FrcnnError(f"INT8 calibration diverges from FP32: on {len(held_back)} held-back images the INT8 model finds "
                      f"FP32's strong detections with mAP below {AGREEMENT_MIN} with every calibrator "
                      f"({'; '.join(attempts)}); nothing is written. Calibrate on more or more typical images "
