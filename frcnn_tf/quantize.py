@@ -28,9 +28,8 @@ import tensorflow_model_optimization as tfmot
 from tensorflow.python.framework import smart_cond
 
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.tensorrt_limits import INT8_MAX, INT8_MIN, WEIGHT_INT8_MAX
+from frcnn_tf.tensorrt_limits import INT8_MAX, INT8_MIN, MIN_SCALE, WEIGHT_INT8_MAX
 
-MIN_SCALE = 1e-12  # scale of an all-zero tensor or channel (TensorRT needs positive scales)
 QUANTIZED_TYPES = ("Conv2D", "Dense")  # wrapped; their inputs and residual Adds' inputs get a TensorQuantize
 QUANTIZED_INPUTS = QUANTIZED_TYPES + ("Add",)
 WRAPPER_PREFIX = "quant_"
@@ -43,13 +42,18 @@ def fake_quantize(values, scale, low, high):
 
     @tf.custom_gradient
     def quantize(x, step):
-        integers = tf.clip_by_value(tf.round(x / step), low, high)
+        integers = _integers(x, step, low, high)
 
         def gradient(upstream):
             inside = tf.logical_and(x >= low * step, x <= high * step)
             return upstream * tf.cast(inside, upstream.dtype), tf.zeros_like(step)
         return integers * step, gradient
     return quantize(values, scale)
+
+
+def _integers(values, scale, low, high):
+    """ONNX QuantizeLinear's integers (as float32): clip(round_half_even(values / scale), low, high)."""
+    return tf.clip_by_value(tf.round(values / scale), low, high)
 
 
 def weight_scale(kernel):
@@ -247,7 +251,7 @@ def weight_integers(kernel):
     """(INT8 values, per-channel scale [C]) of a kernel as training quantizes it: NumPy int8 and float32."""
     kernel = tf.convert_to_tensor(kernel, tf.float32)
     scale = weight_scale(kernel)
-    integers = tf.clip_by_value(tf.round(kernel / scale), -WEIGHT_INT8_MAX, WEIGHT_INT8_MAX)
+    integers = _integers(kernel, scale, -WEIGHT_INT8_MAX, WEIGHT_INT8_MAX)
     return integers.numpy().astype(np.int8), scale.numpy()
 
 

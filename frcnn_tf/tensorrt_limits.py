@@ -8,3 +8,4 @@ NMS_MAX_BOXES = 5000  # INMSLayer considers the top 5000 boxes of each image (20
 # activations clamp to [-128, 127]; weights use the narrow range [-127, 127] (TensorRT's QAT toolkits).
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_INT8_MAX = 127
+MIN_SCALE = 1e-12  # scale of an all-zero tensor or channel (TensorRT needs positive scales)

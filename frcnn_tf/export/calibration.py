@@ -11,7 +11,7 @@ import numpy as np
 
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.io_utils import atomic_write_text
-from frcnn_tf.tensorrt_limits import INT8_MAX
+from frcnn_tf.tensorrt_limits import INT8_MAX, MIN_SCALE
 
 CALIBRATORS = ("entropy", "percentile", "max")
 CACHE_ALGORITHMS = {"entropy": "EntropyCalibration2", "percentile": "MinMaxCalibration",
@@ -167,8 +167,8 @@ def format_cache(scales, algorithm, trt_version=DEFAULT_TRT_VERSION):
 
 
 def scales_of(amax_by_tensor):
-    """{tensor: float32 scale amax / 127} of symmetric ranges [-amax, amax] (at least 1e-12 / 127)."""
-    return {name: np.float32(max(amax, 1e-12) / INT8_MAX) for name, amax in amax_by_tensor.items()}
+    """{tensor: float32 scale amax / 127} of symmetric ranges [-amax, amax] (at least MIN_SCALE / 127)."""
+    return {name: np.float32(max(amax, MIN_SCALE) / INT8_MAX) for name, amax in amax_by_tensor.items()}
 
 
 def write_cache(path, scales, method, trt_version=None):

@@ -318,13 +318,10 @@ def agreement(reference, candidate, class_count):
     return metrics.evaluate(candidate, truths, [str(i) for i in range(class_count)])["map"]
 
 
-def check_int8(reference, int8_proto, held_back, class_count, label):
-    """Summary of how the INT8 graph's detections on the held-back images reproduce the reference's
-    (FP32 ONNX detections for PTQ, the Keras QAT model's for QAT), logged; {} without images."""
-    if held_back is None:
-        logging.warning("no image left to check the INT8 model on (all went to calibration)")
-        return {}
-    expected, found = reference(held_back), _onnx_detections(int8_proto, held_back)
+def check_int8(expected, int8_proto, held_back, class_count, label):
+    """Summary of how the INT8 graph's detections on the held-back images reproduce `expected`, the
+    reference's on them (FP32 ONNX detections for PTQ, the Keras QAT model's for QAT), logged."""
+    found = _onnx_detections(int8_proto, held_back)
     score = agreement(expected, found, class_count)
     summary = {"images": len(held_back), "reference_best_score": round(_best_score(expected), 4),
                "matched": round(metrics.matched_share(expected, found), 4),
@@ -345,21 +342,27 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
     would not detect what the float model detects), unless FP32's best detection scores below
     TRUSTED_SCORE: then the best calibration is written with a warning."""
     histograms = calibrate(proto, batches)
+    if held_back is None:
+        logging.warning("no image left to check the INT8 model on (all went to calibration)")
+    expected = None if held_back is None else _onnx_detections(proto, held_back)  # FP32, once for every try
     attempts, tries = [], []
+
+    def chosen(quantized, scales, method, summary):
+        return quantized, scales, method, {**summary, "fallback_from": attempts} if summary else {}
+
     for method in dict.fromkeys((options.calibrator, "percentile", "max")):
         ranges = ranges_of(histograms, method, options.percentile)
         for line in clipping_report(ranges):
             logging.info("%s calibration, most clipped: %s", method, line)
         scales = calibration.scales_of({name: r.amax for name, r in ranges.items()})
         quantized = onnx_graph.quantize_for_tensorrt(proto, scales)
-        summary = check_int8(lambda images: _onnx_detections(proto, images), quantized, held_back, class_count,
-                             "FP32")
+        summary = {} if held_back is None else check_int8(expected, quantized, held_back, class_count, "FP32")
         score = summary.get("map_vs_reference")
         if score is None or score >= AGREEMENT_MIN:
             if attempts:
                 logging.warning("INT8 with %s calibration diverged from FP32 (%s); using %s calibration, whose "
                                 "mAP against FP32 is %.4f", options.calibrator, "; ".join(attempts), method, score)
-            return quantized, scales, method, {**summary, "fallback_from": attempts} if summary else {}
+            return chosen(quantized, scales, method, summary)
         worst = divergence_report(proto, quantized, held_back)
         logging.warning("%s calibration: INT8 diverges from FP32 (mAP %.4f against its strong detections); most "
                         "diverging tensors: %s", method, score, "; ".join(worst))
@@ -371,7 +374,7 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
         logging.warning("FP32's best detection on the held-back images scores %.3f (< %.1f): the model looks "
                         "untrained, so the INT8 check cannot judge the calibration; writing the %s calibration "
                         "(mAP %.4f against FP32)", summary["reference_best_score"], TRUSTED_SCORE, method, score)
-        return quantized, scales, method, {**summary, "fallback_from": attempts} if summary else {}
+        return chosen(quantized, scales, method, summary)
     raise FrcnnError(f"INT8 calibration diverges from FP32: on {len(held_back)} held-back images the INT8 model finds "
                      f"FP32's strong detections with mAP below {AGREEMENT_MIN} with every calibrator "
                      f"({'; '.join(attempts)}); nothing is written. Calibrate on more or more typical images "
@@ -389,7 +392,10 @@ def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=N
         except (FrcnnError, OSError, tf.errors.OpError) as err:  # the data may live elsewhere: a report only
             logging.warning("not checking the INT8 model against the Keras QAT model (no images: %s)", err)
             return quantized, scales, "qat", {}
-        return quantized, scales, "qat", check_int8(qat_detector, quantized, held_back, class_count,
+        if held_back is None:
+            logging.warning("not checking the INT8 model against the Keras QAT model (no images)")
+            return quantized, scales, "qat", {}
+        return quantized, scales, "qat", check_int8(qat_detector(held_back), quantized, held_back, class_count,
                                                     "the Keras QAT model")
     batches, held_back = calibration_batches(spec, options, image_paths)
     return _calibrated_int8(proto, batches, held_back, class_count, options)

@@ -12,8 +12,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.quantize import MIN_SCALE, kernel_digest
-from frcnn_tf.tensorrt_limits import WEIGHT_INT8_MAX
+from frcnn_tf.quantize import kernel_digest
+from frcnn_tf.tensorrt_limits import MIN_SCALE, WEIGHT_INT8_MAX
 
 BODY_OPS = {"Conv", "Relu", "MaxPool", "GlobalAveragePool", "AveragePool", "BatchNormalization"}
 WEIGHTED_OPS = {"MatMul", "Gemm"}  # in the body when input 1 is a weight (the RoI crop's MatMuls are not)
