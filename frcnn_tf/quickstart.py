@@ -1,6 +1,6 @@
 """The main job: the whole workflow on generated sample data (or any KITTI folder).
 
-generate -> dataset_convert -> train -> evaluate -> prune -> retrain with QAT ->
+generate -> dataset_convert -> fit anchors -> train -> evaluate -> prune -> retrain with QAT ->
 evaluate -> export ONNX FP32 / FP16 / INT8 (calibrated) and the QAT model's INT8 ->
 evaluate each ONNX model (onnxruntime) -> TensorRT engine (where installed) -> inference.
 Every stage calls the same function as its bin/ script; the specs it derives
@@ -16,6 +16,7 @@ from absl import logging
 from google.protobuf import text_format
 
 from frcnn_tf import metrics, sample_data
+from frcnn_tf.anchor_coverage import THRESHOLDS, run_anchor_report
 from frcnn_tf.data.convert import run_dataset_convert
 from frcnn_tf.deployed import TensorRTMissing
 from frcnn_tf.evaluate import run_evaluate
@@ -23,6 +24,7 @@ from frcnn_tf.export.onnx_export import Int8Options, run_export
 from frcnn_tf.export.tensorrt_engine import build_engine
 from frcnn_tf.inference import run_inference
 from frcnn_tf.model.checkpoints import load_model
+from frcnn_tf.proto import experiment_pb2
 from frcnn_tf.prune import PruneOptions, run_prune
 from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
 from frcnn_tf.train.trainer import run_train
@@ -55,7 +57,23 @@ class QuickstartOptions:
     max_steps_per_epoch: int = None
     use_amp: bool = True
     calibration_batches: int = 10  # of 8 images, as TLT's export defaults
+    # Anchor scales from the training boxes (anchor_coverage: the spec's, or the best-fitting set).
+    fit_anchors: bool = True
     seed: int = 0
+
+
+def _fit_anchors(*spec_paths):
+    """Sets the anchor scales of the specs (the first is the training spec) to the best fit of its
+    training boxes (anchor_coverage: the spec's, an octave apart, or half an octave apart); returns it."""
+    report = run_anchor_report(spec_paths[0])
+    fit = max((report[name] for name in ("spec", "best", "dense")),
+              key=lambda f: (sum(f.shares.values()), f.mean_iou))
+    for path in spec_paths:
+        spec = text_format.Parse(pathlib.Path(path).read_text(), experiment_pb2.Experiment())  # as written
+        del spec.model_config.anchor_box_config.scale[:]
+        spec.model_config.anchor_box_config.scale.extend(fit.scales)
+        _write_spec(spec, path)
+    return fit
 
 
 def _write_spec(message, path):
@@ -166,6 +184,11 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
     prefix = os.path.join(workdir, "tfrecords", "sample")
     summary = stages.run("dataset_convert", run_dataset_convert, convert_spec, prefix, overwrite=True)
     stages.note(detail=f"{summary['total_images']} images, {len(summary['shards'])} shards")
+
+    if options.fit_anchors:
+        fit = stages.run("fit anchors", _fit_anchors, train_spec, qat_spec)
+        stages.note(detail=f"scales {' '.join(f'{v:.4g}' for v in fit.scales)}: boxes with an anchor at IoU "
+                           + ", ".join(f">= {t}: {100 * fit.shares[t]:.1f}%" for t in THRESHOLDS))
 
     model_path = stages.run("train", run_train, train_spec, max_steps_per_epoch=options.max_steps_per_epoch,
                             use_amp=options.use_amp, overwrite=True)["checkpoints"][-1]

@@ -26,6 +26,17 @@ def match(anchors_or_rois, gt_boxes, gt_valid, eligible):
     return tf.reduce_max(overlaps, axis=-1), tf.argmax(overlaps, axis=-1, output_type=tf.int32), overlaps
 
 
+def gt_recall(candidates, candidate_valid, gt_boxes, gt_valid, threshold=0.5):
+    """(covered, total) float32 scalars: the valid ground-truth boxes whose best IoU with a valid
+    candidate box is >= threshold, and all valid ground-truth boxes of the batch.
+
+    candidates [B, N, 4] with candidate_valid [B, N]; gt_boxes [B, M, 4] with gt_valid [B, M].
+    """
+    _, _, overlaps = match(candidates, gt_boxes, gt_valid, candidate_valid)
+    covered = gt_valid & (tf.reduce_max(overlaps, axis=1) >= threshold)
+    return tf.reduce_sum(tf.cast(covered, tf.float32)), tf.reduce_sum(tf.cast(gt_valid, tf.float32))
+
+
 def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, sampling, seed):
     """Anchor labels and regression targets for the RPN (sampling: settings.RpnSampling).
 

@@ -33,7 +33,7 @@ def test_whole_workflow_at_tiny_size(tmp_path):
                                 roi_mini_batch=16, eval_rois=16, max_steps_per_epoch=2, calibration_batches=2)
     rows, artifacts = run_quickstart(str(tmp_path), options=options)
     stages = [row["stage"] for row in rows]
-    assert stages == ["generate sample data", "dataset_convert", "train", "evaluate (Keras FP32)", "prune",
+    assert stages == ["generate sample data", "dataset_convert", "fit anchors", "train", "evaluate (Keras FP32)", "prune",
                       "retrain pruned model with QAT", "evaluate (Keras QAT)",
                       "export ONNX FP32", "evaluate (onnxruntime FP32)", "export ONNX FP16", "evaluate (onnxruntime FP16)",
                       "export ONNX INT8", "evaluate (onnxruntime INT8)", "export ONNX QAT INT8",
@@ -51,6 +51,11 @@ def test_whole_workflow_at_tiny_size(tmp_path):
     assert (regularizers[0].bn_gamma_l1_weight, regularizers[0].bn_gamma_polarization) == (
         np.float32(options.sparsity_weight), 1.0)
     assert regularizers[1].bn_gamma_l1_weight == 0
+    # Both specs train with the fitted anchor scales the summary names.
+    scales = [list(load_experiment_spec(os.path.join(artifacts["specs"], name)).model_config.anchor_box_config.scale)
+              for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt")]
+    assert scales[0] == scales[1]
+    assert detail["fit anchors"].startswith(f"scales {' '.join(f'{v:.4g}' for v in scales[0])}: ")
     onnx.checker.check_model(onnx.load(artifacts["ONNX FP32"]))
     keras_map = next(r["map"] for r in rows if r["stage"] == "evaluate (Keras FP32)")
     onnx_map = next(r["map"] for r in rows if r["stage"] == "evaluate (onnxruntime FP32)")

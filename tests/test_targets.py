@@ -87,3 +87,18 @@ def test_gt_as_roi_adds_ground_truth_candidates():
     rois, labels, _ = targets.proposal_targets(proposals, tf.constant([[True]]), gt, tf.constant([[0]]), 2,
                                                sampling=sampling, seed=SEED)
     assert labels.numpy().tolist() == [[0, -1]] and rois.numpy()[0, 0].tolist() == [0, 0, 10, 10]
+
+
+def test_gt_recall_counts_covered_valid_ground_truth():
+    # gt 0 [0,0,10,10]: candidate [0,0,10,5] has IoU 0.5 (covered at 0.5, not at 0.6).
+    # gt 1 [20,20,30,30]: only the invalid candidate matches it exactly; IoU with the others 0.
+    # gt 2 is padding. Image 2: one gt, candidate identical -> covered.
+    candidates = tf.constant([[[0, 0, 10, 5], [20, 20, 30, 30]], [[5, 5, 9, 9], [0, 0, 0, 0]]], tf.float32)
+    candidate_valid = tf.constant([[True, False], [True, False]])
+    gt = tf.constant([[[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0]], [[5, 5, 9, 9], [0, 0, 0, 0], [0, 0, 0, 0]]],
+                     tf.float32)
+    gt_valid = tf.constant([[True, True, False], [True, False, False]])
+    covered, total = targets.gt_recall(candidates, candidate_valid, gt, gt_valid, 0.5)
+    assert (float(covered), float(total)) == (2.0, 3.0)
+    covered, _ = targets.gt_recall(candidates, candidate_valid, gt, gt_valid, 0.6)
+    assert float(covered) == 1.0

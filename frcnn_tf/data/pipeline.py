@@ -17,6 +17,7 @@ import contextlib
 import glob
 import os
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -167,6 +168,36 @@ class InputPipeline:
             "scale": scale,
             "original_size": original_size,
         }
+
+    def split_boxes(self, training):
+        """The split's ground-truth boxes as the model sees them without augmentation.
+
+        Returns (boxes float32 [N, 4] in input pixels y1 x1 y2 x2, sizes int [N, 2]: (height, width)
+        of the network input each box lies in: the canvas, or the resized image without one). Boxes of unmapped classes or under the
+        preprocessing's min_bbox size are left out, as in training. Reads no image.
+        """
+        keys = {key: records.PARSE_SPEC[key] for key in (records.WIDTH, records.HEIGHT, records.OBJECT_CLASS,
+                                                          records.X1, records.Y1, records.X2, records.Y2)}
+        pre = self.augmentation.preprocessing
+        boxes, sizes = [], []
+        for files, _ in shard_sources(self.dataset_config, training):
+            for serialized in tf.data.TFRecordDataset(files):
+                example = tf.io.parse_single_example(serialized, keys)
+                height, width = (tf.cast(example[key], tf.float32) for key in (records.HEIGHT, records.WIDTH))
+                new_h, new_w = self._target_size(height, width)
+                scale = tf.stack([new_h / height, new_w / width] * 2)
+                corners = tf.stack([tf.sparse.to_dense(example[key]) for key in
+                                    (records.Y1, records.X1, records.Y2, records.X2)], axis=-1) * scale
+                classes = self.class_table.lookup(tf.sparse.to_dense(example[records.OBJECT_CLASS]))
+                keep = ((classes >= 0) & (corners[:, 3] - corners[:, 1] >= max(pre.min_bbox_width, 1e-3))
+                        & (corners[:, 2] - corners[:, 0] >= max(pre.min_bbox_height, 1e-3)))
+                kept = tf.boolean_mask(corners, keep).numpy()
+                boxes.append(kept)
+                size = self.canvas or (int(new_h), int(new_w))
+                sizes.append(np.tile([size], (len(kept), 1)))
+        if not boxes:
+            return np.zeros((0, 4), np.float32), np.zeros((0, 2), np.int64)
+        return np.concatenate(boxes).astype(np.float32), np.concatenate(sizes)
 
     # ---- checks of the image files -----------------------------------------------------
     def _images(self, training):

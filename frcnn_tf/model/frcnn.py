@@ -155,6 +155,9 @@ class TrainOutputs:
     ignored) and rpn_targets [B, N, 4]; class_logits [B, R, C], deltas [B, R, 4 * (C - 1)] per
     sampled RoI, roi_labels int32 [B, R] (class id, background C - 1, -1 padding) and
     roi_targets [B, R, 4]. All predictions float32.
+    Training statistics (float32 scalars, no gradient): proposal_recall, the share of the batch's
+    ground-truth boxes that a proposal overlaps with IoU >= 0.5 (GT boxes added as RoIs not
+    counted), and foreground_rois, the foreground RoIs sampled per image.
     """
 
     rpn_logits: tf.Tensor
@@ -165,6 +168,8 @@ class TrainOutputs:
     deltas: tf.Tensor
     roi_labels: tf.Tensor
     roi_targets: tf.Tensor
+    proposal_recall: tf.Tensor
+    foreground_rois: tf.Tensor
 
 
 class FasterRCNN:
@@ -205,9 +210,11 @@ class FasterRCNN:
                                                       self.rpn_sampling, seed)
         proposals = self.proposal.propose(tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), anchors,
                                           height, width, self.train_proposals)
+        proposal_valid = box_ops.area(proposals) > 0
+        covered, total = targets.gt_recall(proposals, proposal_valid, gt_boxes, gt_classes >= 0)
         rois, roi_labels, roi_targets = targets.proposal_targets(
-            proposals, box_ops.area(proposals) > 0, gt_boxes, gt_classes, self.num_classes, self.roi_sampling,
-            seed + [0, 7])
+            proposals, proposal_valid, gt_boxes, gt_classes, self.num_classes, self.roi_sampling, seed + [0, 7])
+        foreground = (roi_labels >= 0) & (roi_labels < self.num_classes - 1)
         crops = layers.crop_rois(features, rois, self.crop.stride, self.crop.pool_size)
         class_logits, deltas = [tf.cast(t, tf.float32) for t in self.head(crops, training=training)]
         mini_batch = self.roi_sampling.mini_batch
@@ -215,7 +222,8 @@ class FasterRCNN:
                             rpn_deltas=tf.reshape(rpn_deltas, [batch, -1, 4]), rpn_labels=rpn_labels,
                             rpn_targets=rpn_targets, class_logits=tf.reshape(class_logits, [batch, mini_batch, -1]),
                             deltas=tf.reshape(deltas, [batch, mini_batch, -1]), roi_labels=roi_labels,
-                            roi_targets=roi_targets)
+                            roi_targets=roi_targets, proposal_recall=covered / tf.maximum(total, 1.0),
+                            foreground_rois=tf.reduce_sum(tf.cast(foreground, tf.float32)) / tf.cast(batch, tf.float32))
 
     def detection_model(self, settings):
         """image -> [boxes [B, K, 4], scores [B, K], classes [B, K], valid [B]]: the deployable graph.

@@ -21,6 +21,9 @@ from frcnn_tf.spec.derived import class_names, regression_weights
 from frcnn_tf.spec.validate import require_section
 
 LOSS_NAMES = ("rpn_class", "rpn_regress", "rcnn_class", "rcnn_regress", "regularization", "total")
+# Per-step statistics beside the losses (FasterRCNN.TrainOutputs): the share of ground-truth boxes a
+# proposal covers with IoU >= 0.5, and the foreground RoIs sampled per image.
+STAT_NAMES = ("recall", "fg_rois")
 
 
 class TrainStep:
@@ -37,7 +40,8 @@ class TrainStep:
         self.losses = tf.function(self._distributed_losses)
 
     def loss_values(self, images, gt_boxes, gt_classes, seed, training_mode=True):
-        """The weighted losses {name: scalar} of one batch (training_mode: BatchNorm in training mode)."""
+        """The weighted losses and the training statistics {name: scalar} of one batch (LOSS_NAMES,
+        STAT_NAMES; training_mode: BatchNorm in training mode)."""
         frcnn, training = self.frcnn, self.training
         out = frcnn.train_outputs(images, gt_boxes, gt_classes, seed, training=training_mode)
         rpn_batch, roi_batch = frcnn.rpn_sampling.mini_batch, frcnn.roi_sampling.mini_batch
@@ -52,7 +56,7 @@ class TrainStep:
             "regularization": tf.add_n(frcnn.model.losses) if frcnn.model.losses else tf.constant(0.0),
         }
         values["total"] = tf.add_n(list(values.values()))
-        return values
+        return {**values, "recall": out.proposal_recall, "fg_rois": out.foreground_rois}
 
     def _replica_step(self, images, gt_boxes, gt_classes, seed):
         variables = self.frcnn.model.trainable_variables
@@ -298,8 +302,8 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite)
     last_good = training.resume_from_model
     for epoch in range(first_epoch, training.num_epochs):
         logging.info("epoch %d/%d", epoch + 1, training.num_epochs)
-        progress = tf.keras.utils.Progbar(steps, stateful_metrics=LOSS_NAMES + ("lr",))
-        sums = dict.fromkeys(LOSS_NAMES, 0.0)
+        progress = tf.keras.utils.Progbar(steps, stateful_metrics=LOSS_NAMES + STAT_NAMES + ("lr",))
+        sums = dict.fromkeys(LOSS_NAMES + STAT_NAMES, 0.0)
         for index in range(steps):
             global_step = int(optimizer.iterations.numpy())
             seed = tf.constant([spec.random_seed, global_step], tf.int64)
@@ -311,14 +315,17 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite)
                                 last_good)
             lr = float(optimizer.learning_rate(global_step)) if callable(optimizer.learning_rate) else float(
                 optimizer.learning_rate)
-            for name in LOSS_NAMES:
+            for name in sums:
                 sums[name] += values[name]
-            progress.update(index + 1, [(name, values[name]) for name in LOSS_NAMES] + [("lr", lr)])
+            progress.update(index + 1, [(name, values[name]) for name in sums] + [("lr", lr)])
             with writer.as_default(step=global_step):
                 for name in LOSS_NAMES:
                     tf.summary.scalar(f"loss/{name}", values[name])
+                for name in STAT_NAMES:
+                    tf.summary.scalar(f"train/{name}", values[name])
                 tf.summary.scalar("learning_rate", lr)
         history.append({"epoch": epoch + 1, **{name: total / steps for name, total in sums.items()}})
+        logging.info("epoch %d means: %s", epoch + 1, ", ".join(f"{name} {history[-1][name]:.4g}" for name in sums))
         stop = early_stop(history, training.early_stopping) if training.HasField("early_stopping") else False
         if stop:
             logging.info("early_stopping: the epoch loss has not improved by min_delta %g for %d epochs; stopping "
