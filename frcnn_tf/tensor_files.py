@@ -17,6 +17,7 @@ import io
 import json
 import math
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -37,6 +38,7 @@ TORCH_STORAGE_DTYPES = {"DoubleStorage": "f8", "FloatStorage": "f4", "HalfStorag
                         "LongStorage": "i8", "IntStorage": "i4", "ShortStorage": "i2", "CharStorage": "i1",
                         "ByteStorage": "u1", "BoolStorage": "?"}
 MAX_SAFETENSORS_HEADER = 100 * 2 ** 20  # the format's own limit
+MAX_PICKLE_PROTOCOL = 4  # torch.save writes 2 (pickle_protocol=4 is allowed); 5 adds out-of-band buffers
 
 
 def _damaged(path, kind, what):
@@ -156,6 +158,20 @@ class _StateDictUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
+def _check_opcodes(pickled, path):
+    """Parses the pickle without running it, so that a malformed stream fails before the unpickler
+    allocates for it: a length beyond the end or an unknown opcode (ValueError), a memo index
+    beyond the number of opcodes (a pickler numbers its memo entries from 0). Protocol 5's
+    out-of-band buffers, which torch.save never writes, are refused."""
+    opcodes = list(pickletools.genops(pickled))
+    for opcode, argument, _ in opcodes:
+        if opcode.proto > MAX_PICKLE_PROTOCOL:
+            raise FrcnnError(f"{path}: data.pkl uses pickle protocol {opcode.proto} ({opcode.name}); torch.save "
+                             f"writes protocol 2 (re-save it with torch.save(state_dict, path))")
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and argument >= len(opcodes):
+            raise ValueError(f"memo index {argument} in a pickle of {len(opcodes)} opcodes")
+
+
 def read_torch_zip(path):
     kind = "PyTorch (torch.save)"
     try:
@@ -166,8 +182,9 @@ def read_torch_zip(path):
             prefix = pickles[0][:-len("data.pkl")]
             names = set(archive.namelist())
             byteorder = archive.read(f"{prefix}byteorder").decode() if f"{prefix}byteorder" in names else "little"
-            unpickler = _StateDictUnpickler(archive.read(pickles[0]), archive, prefix, byteorder, path)
-            state = unpickler.load()
+            pickled = archive.read(pickles[0])
+            _check_opcodes(pickled, path)
+            state = _StateDictUnpickler(pickled, archive, prefix, byteorder, path).load()
     except FrcnnError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, pickle.UnpicklingError, ValueError, TypeError,

@@ -21,7 +21,8 @@ from frcnn_tf.model.imported_weights import (IMPORT_KEY, TORCHVISION_INPUT, _che
 from frcnn_tf.spec.loader import parse_experiment_spec
 
 FRESH = ("rpn_conv1", "rpn_out_class", "rpn_out_regress", "dense_class_td", "dense_regress_td")
-TORCH_MEANS = ("    image_channel_mean { key: 'b' value: 103.939 }\n    image_channel_mean { key: 'g' value: 116.779 }\n"
+TORCH_MEANS = ("    image_channel_mean { key: 'b' value: 103.939 }\n"
+               "    image_channel_mean { key: 'g' value: 116.779 }\n"
                "    image_channel_mean { key: 'r' value: 123.68 }\n",
                "    image_channel_mean { key: 'b' value: 103.53 }\n    image_channel_mean { key: 'g' value: 116.28 }\n"
                "    image_channel_mean { key: 'r' value: 123.675 }\n")
@@ -85,7 +86,7 @@ def _relative_error(ours, reference):
     return float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
 
 
-def test_torchvision_resnet18_matches_a_numpy_forward(tmp_path, capsys):
+def test_torchvision_resnet18_matches_a_numpy_forward(tmp_path):
     """Random torchvision ResNet18 weights as .safetensors and as a torch.save zip: both import to the
     same file, and TLT's backbone then computes torchvision's layer3 (and block 4 its layer4)."""
     state = ref.torchvision_resnet(18)
@@ -128,13 +129,12 @@ def test_torchvision_resnet18_matches_a_numpy_forward(tmp_path, capsys):
     symmetric = ref.features(_torchvision_input(pixels), state).transpose(1, 2, 0)
     error_same, error_symmetric = _relative_error(ours, same), _relative_error(ours, symmetric)
     assert error_same < 1e-4 and error_symmetric > 0.05
-    with capsys.disabled():
-        print(f"\nResNet18 torchvision -> TLT, max |diff| / max |ref|: 65x65 layer3 {error_65:.2e}, block 4 "
-              f"{error_block4:.2e}; 64x64 vs 'same' padding {error_same:.2e}, vs torchvision's padding "
-              f"{error_symmetric:.2e}")
+    print(f"ResNet18 torchvision -> TLT, max |diff| / max |ref|: 65x65 layer3 {error_65:.2e}, block 4 "
+          f"{error_block4:.2e}; 64x64 vs 'same' padding {error_same:.2e}, vs torchvision's padding "
+          f"{error_symmetric:.2e}")
 
 
-def test_keras_applications_resnet50_matches_keras(tmp_path, capsys):
+def test_keras_applications_resnet50_matches_keras(tmp_path):
     """Keras applications' ResNet50 (v1: stride in the first 1x1, conv biases, BN epsilon 1.001e-5) with
     random weights and BN statistics: TLT's resnet:50 computes conv4_block6_out, and block 4
     (pool_size_2x: stride 2) conv5_block3_out, from Keras' own output."""
@@ -171,12 +171,11 @@ def test_keras_applications_resnet50_matches_keras(tmp_path, capsys):
     error_conv5 = _relative_error(block4, conv5)
     assert ours.shape == (5, 5, 1024) and error_conv4 < 1e-4
     assert block4.shape == (3, 3, 2048) and error_conv5 < 1e-4
-    with capsys.disabled():
-        print(f"\nResNet50 Keras applications -> TLT, max |diff| / max |ref|: conv4_block6_out {error_conv4:.2e}, "
-              f"conv5_block3_out {error_conv5:.2e}")
+    print(f"ResNet50 Keras applications -> TLT, max |diff| / max |ref|: conv4_block6_out {error_conv4:.2e}, "
+          f"conv5_block3_out {error_conv5:.2e}")
 
 
-def test_torchvision_resnet50_is_v1_5_and_refused_unless_allowed(tmp_path, capsys):
+def test_torchvision_resnet50_is_v1_5_and_refused_unless_allowed(tmp_path):
     """torchvision's ResNet50 strides in the 3x3 conv (v1.5), TLT's in the first 1x1 (v1): refused by
     default; with allow_stride_mismatch the weights land where they belong (TLT's model equals a NumPy
     v1 forward of them) but torchvision's own v1.5 features differ."""
@@ -196,9 +195,8 @@ def test_torchvision_resnet50_is_v1_5_and_refused_unless_allowed(tmp_path, capsy
     v1_5 = ref.features(_torchvision_input(pixels), state).transpose(1, 2, 0)
     error_v1, error_v1_5 = _relative_error(ours, v1), _relative_error(ours, v1_5)
     assert error_v1 < 1e-4 and error_v1_5 > 0.05
-    with capsys.disabled():
-        print(f"\nResNet50 torchvision (v1.5) -> TLT (v1): vs NumPy v1 {error_v1:.2e}, vs torchvision's v1.5 "
-              f"{error_v1_5:.2e}")
+    print(f"ResNet50 torchvision (v1.5) -> TLT (v1): vs NumPy v1 {error_v1:.2e}, vs torchvision's v1.5 "
+          f"{error_v1_5:.2e}")
 
 
 @pytest.mark.parametrize("replace, field, message", [
@@ -218,7 +216,8 @@ def test_a_spec_that_does_not_fit_names_the_field_and_value(tmp_path, replace, f
 
 def test_grayscale_spec_is_refused(tmp_path):
     spec, source = parse_experiment_spec(_spec_path(tmp_path, 65, [
-        *FITS, ("image_type: RGB", "image_type: GRAY_SCALE"), ("image_channel_order: 'bgr'", "image_channel_order: 'l'"),
+        *FITS, ("image_type: RGB", "image_type: GRAY_SCALE"),
+        ("image_channel_order: 'bgr'", "image_channel_order: 'l'"),
         (TORCH_MEANS[0], "    image_channel_mean { key: 'l' value: 127.5 }\n"),
         ("output_image_channel: 3", "output_image_channel: 1")]))
     with pytest.raises(SpecError, match="model_config.input_image_config.image_type: must be RGB for torchvision/timm "
@@ -249,6 +248,8 @@ def test_depth_from_the_state_dict_names():
     with pytest.raises(FrcnnError, match="tensor 'conv2_block1_preact_bn/gamma:0' is not part of a plain Keras"):
         keras_network({"conv1_conv/kernel:0": np.zeros((7, 7, 3, 64)), "conv2_block1_preact_bn/gamma:0": np.zeros(1)},
                       "y")
+    with pytest.raises(FrcnnError, match="z: already by TLT layer names .*as training_config.pretrained_weights"):
+        keras_network({"conv1/kernel:0": np.zeros((7, 7, 3, 64))}, "z")
 
 
 def test_shifted_layers_by_hand(tmp_path):

@@ -44,6 +44,27 @@ def test_safetensors_and_torch_zip_round_trip(tmp_path):
     _same(read_weights(str(tmp_path / "w.pth"))[1], STATE)  # strided conv kernel, BN vectors at offsets
 
 
+PERMUTED = np.arange(24, dtype=np.float32).reshape(2, 3, 4).transpose(2, 0, 1)
+
+
+def test_a_file_written_by_torch(tmp_path):
+    """Only where torch is installed (it is not a dependency)."""
+    torch = pytest.importorskip("torch")
+    state = {name: torch.from_numpy(value.copy()) for name, value in STATE.items()}
+    state["permuted"] = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4).permute(2, 0, 1)  # strided
+    torch.save(state, tmp_path / "t.pth")
+    _same(read_torch_zip(str(tmp_path / "t.pth")), {**STATE, "permuted": PERMUTED})
+
+
+def test_a_file_written_by_safetensors(tmp_path):
+    """Only where the safetensors package is installed (it is not a dependency)."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    expected = {**STATE, "permuted": np.ascontiguousarray(PERMUTED)}
+    safetensors_numpy.save_file(expected, str(tmp_path / "t.safetensors"))
+    found = read_safetensors(str(tmp_path / "t.safetensors"))
+    _same({name: found[name] for name in expected}, expected)  # the writer sorts the names
+
+
 def test_half_precision_by_hand(tmp_path):
     # bfloat16 is the upper half of a float32: 0x3F80 = 1.0, 0xC020 = -2.5; float16 0x3C00 = 1.0.
     header = (b'{"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]},'
@@ -101,6 +122,12 @@ def test_torch_zip_refuses_other_classes(tmp_path):
     assert "data.pkl asks for posix.system" in message or "data.pkl asks for os.system" in message
     (tmp_path / "list.pth").write_bytes(_zip_with_pickle(pickle.dumps([1, 2], protocol=2)))
     assert "holds no state dict" in _error_line("list.pth", read_torch_zip, str(tmp_path / "list.pth"))
+    (tmp_path / "p5.pth").write_bytes(_zip_with_pickle(pickle.dumps(bytearray(b"x"), protocol=5)))
+    assert "uses pickle protocol 5 (BYTEARRAY8)" in _error_line("p5.pth", read_torch_zip, str(tmp_path / "p5.pth"))
+    # PROTO 2, EMPTY_DICT, LONG_BINPUT 2**31 - 1, STOP: well formed, but the unpickler's memo would take 16 GB
+    (tmp_path / "memo.pth").write_bytes(_zip_with_pickle(b"\x80\x02}r\xff\xff\xff\x7f."))
+    assert "memo index 2147483647 in a pickle of 4 opcodes" in _error_line("memo.pth", read_torch_zip,
+                                                                          str(tmp_path / "memo.pth"))
 
 
 def test_torch_zip_damage(tmp_path):

@@ -172,6 +172,9 @@ def keras_network(tensors, path):
             dropped.append(key)
             continue
         found = _KERAS_KEY.fullmatch(key)
+        if not found and key.startswith(("conv1/", "bn_conv1/", "block_")):
+            raise FrcnnError(f"{path}: already by TLT layer names ('{key}'); set it as training_config."
+                             "pretrained_weights directly")
         if not found:
             raise _unknown(path, key, "Keras applications")
         stage, block, part, kind, weight = found.groups()
