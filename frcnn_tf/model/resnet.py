@@ -12,6 +12,11 @@ REPEATS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3
 WIDTHS = (64, 128, 256, 512)
 
 
+def is_bottleneck(nlayers):
+    """ResNet50 and deeper use bottleneck sub-blocks (1x1, 3x3, 1x1 convs); shallower ones two 3x3 convs."""
+    return nlayers >= 50
+
+
 class LayerFactory:
     """Makes conv/BN layers with the spec's bias, regularisers and freezing rules."""
 
@@ -34,8 +39,12 @@ class LayerFactory:
             trainable=not self.freeze_bn and block not in self.freeze_blocks)
 
 
-def _sub_block(x, factory, block, letter, filters, strides, bottleneck, projection):
-    prefix = f"block_{block}{letter}"
+def sub_block_name(index, repeat):
+    """`block_<index><letter>`: the name prefix of sub-block `repeat` (0-based) of block `index`."""
+    return f"block_{index}{string.ascii_lowercase[repeat]}"
+
+
+def _sub_block(x, factory, block, prefix, filters, strides, bottleneck, projection):
     shortcut = x
     kernels = [(1, filters), (3, filters), (1, 4 * filters)] if bottleneck else [(3, filters), (3, filters)]
     for k, (kernel, width) in enumerate(kernels, 1):
@@ -52,9 +61,9 @@ def _sub_block(x, factory, block, letter, filters, strides, bottleneck, projecti
 
 def block(x, factory, nlayers, index, strides, all_projections):
     """ResNet block `index` (1-4): its repeated sub-blocks; the first one carries the stride."""
-    bottleneck = nlayers >= 50
+    bottleneck = is_bottleneck(nlayers)
     for repeat in range(REPEATS[nlayers][index - 1]):
-        x = _sub_block(x, factory, index, string.ascii_lowercase[repeat], WIDTHS[index - 1],
+        x = _sub_block(x, factory, index, sub_block_name(index, repeat), WIDTHS[index - 1],
                        strides if repeat == 0 else 1, bottleneck, projection=all_projections or repeat == 0)
     return x
 
