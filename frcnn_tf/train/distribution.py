@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from frcnn_tf.errors import FrcnnError
+from frcnn_tf.io_utils import remove_stale_temporaries, temporary_path
 
 # What a collective op raises on the others when a worker stops (MultiWorkerMirroredStrategy's
 # coordination service notices the missing heartbeats within seconds and aborts the collectives).
@@ -108,12 +109,16 @@ class Role:
 
     @contextlib.contextmanager
     def scratch(self):
-        """None on the chief; elsewhere a temporary folder for the worker's checkpoints and events, removed at
-        the end (the chief alone writes the run's outputs)."""
+        """None on the chief; elsewhere a temporary folder (in the system's temporary directory, hidden, with
+        the process id) for the worker's checkpoints and events, removed at the end; folders of killed
+        workers are removed by the next run of that worker."""
         if self.chief:
             yield None
             return
-        folder = tempfile.mkdtemp(prefix=f"frcnn-{self.task[0]}{self.task[1]}-")
+        prefix = os.path.join(tempfile.gettempdir(), f"frcnn-{self.task[0]}{self.task[1]}")
+        remove_stale_temporaries(prefix)
+        folder = temporary_path(prefix)
+        os.makedirs(folder)
         logging.info("%s is not the chief: its checkpoints and events go to %s, removed at the end", self.name(),
                      folder)
         try:

@@ -80,16 +80,20 @@ class TrainStep:
         self.optimizer.apply_gradients(zip(gradients, variables))
         return values
 
+    def _mean_over_replicas(self, values):
+        """{name: per-replica loss} -> {name: mean over the replicas}, in one collective."""
+        stacked = tf.stack([values[name] for name in LOSS_NAMES])
+        return dict(zip(LOSS_NAMES, tf.unstack(self.strategy.reduce(tf.distribute.ReduceOp.MEAN, stacked, None))))
+
     def _distributed_step(self, batch, seed):
-        values = self.strategy.run(self._replica_step,
-                                   args=(batch["images"], batch["boxes"], batch["classes"], seed))
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in values.items()}
+        return self._mean_over_replicas(self.strategy.run(
+            self._replica_step, args=(batch["images"], batch["boxes"], batch["classes"], seed)))
 
     def _distributed_losses(self, batch, seed):
         """The losses of the current weights in inference mode, without a training step."""
-        values = self.strategy.run(self.loss_values, args=(batch["images"], batch["boxes"], batch["classes"], seed),
-                                   kwargs={"training_mode": False})
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in values.items()}
+        return self._mean_over_replicas(self.strategy.run(
+            self.loss_values, args=(batch["images"], batch["boxes"], batch["classes"], seed),
+            kwargs={"training_mode": False}))
 
 
 def count_records(files):
