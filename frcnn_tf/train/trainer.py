@@ -80,20 +80,22 @@ class TrainStep:
         self.optimizer.apply_gradients(zip(gradients, variables))
         return values
 
-    def _mean_over_replicas(self, values):
-        """{name: per-replica loss} -> {name: mean over the replicas}, in one collective."""
-        stacked = tf.stack([values[name] for name in LOSS_NAMES])
-        return dict(zip(LOSS_NAMES, tf.unstack(self.strategy.reduce(tf.distribute.ReduceOp.MEAN, stacked, None))))
+    def _mean_over_replicas(self, replica_fn, *args, **kwargs):
+        """Runs replica_fn (-> {name: loss}) on every replica; {name: mean over the replicas}, in one collective."""
+        def stacked(*a, **k):
+            values = replica_fn(*a, **k)
+            return tf.stack([values[name] for name in LOSS_NAMES])
+        mean = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, self.strategy.run(stacked, args=args, kwargs=kwargs),
+                                    axis=None)
+        return dict(zip(LOSS_NAMES, tf.unstack(mean)))
 
     def _distributed_step(self, batch, seed):
-        return self._mean_over_replicas(self.strategy.run(
-            self._replica_step, args=(batch["images"], batch["boxes"], batch["classes"], seed)))
+        return self._mean_over_replicas(self._replica_step, batch["images"], batch["boxes"], batch["classes"], seed)
 
     def _distributed_losses(self, batch, seed):
         """The losses of the current weights in inference mode, without a training step."""
-        return self._mean_over_replicas(self.strategy.run(
-            self.loss_values, args=(batch["images"], batch["boxes"], batch["classes"], seed),
-            kwargs={"training_mode": False}))
+        return self._mean_over_replicas(self.loss_values, batch["images"], batch["boxes"], batch["classes"], seed,
+                                        training_mode=False)
 
 
 def count_records(files):
