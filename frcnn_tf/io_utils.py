@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import secrets
+import shutil
 
 from absl import logging
 
@@ -85,14 +86,19 @@ def _alive(pid):
 
 
 def remove_stale_temporaries(prefix):
-    """Removes temporary files of outputs starting with `prefix` that killed processes left; returns them."""
+    """Removes temporary files (or folders) of outputs starting with `prefix` that killed processes left;
+    returns them."""
     folder, name = os.path.split(os.path.abspath(prefix))
     removed = []
     for path in sorted(glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}*{TEMP_MARK}*"))):
         found = _TEMP_PID.search(path)
         if found and not _alive(int(found.group(1))):
-            logging.warning("%s: removing a temporary file left by an interrupted run", path)
-            os.remove(path)
+            if os.path.isdir(path):
+                logging.warning("%s: removing a temporary folder left by an interrupted run", path)
+                shutil.rmtree(path)
+            else:
+                logging.warning("%s: removing a temporary file left by an interrupted run", path)
+                os.remove(path)
             removed.append(path)
     return removed
 

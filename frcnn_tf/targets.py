@@ -2,15 +2,21 @@
 
 Ground truth comes padded: boxes [B, M, 4] and classes [B, M] with -1 for padding.
 Random choices use stateless ops seeded by `seed` ([2] int), so a step is reproducible.
+`rows` (first, total) says that the B images are rows first .. first + B - 1 of a global batch of
+`total` images (data-parallel replicas each hold a slice); the random numbers are drawn for the
+global batch and each image takes its row, so an image's sample does not depend on how the global
+batch is split across replicas. Default: (0, B), the whole batch.
 """
 import tensorflow as tf
 
 from frcnn_tf import boxes as box_ops
 
 
-def random_subset(candidates, counts, seed):
+def random_subset(candidates, counts, seed, rows=None):
     """bool [B, N]: `counts[b]` of the True entries of `candidates[b]`, chosen uniformly without replacement."""
-    noise = tf.random.stateless_uniform(tf.shape(candidates), seed=seed)
+    shape = tf.shape(candidates)
+    first, total = rows if rows is not None else (0, shape[0])
+    noise = tf.random.stateless_uniform(tf.stack([total, shape[1]]), seed=seed)[first:first + shape[0]]
     scores = tf.where(candidates, noise, -1.0)
     rank = tf.argsort(tf.argsort(scores, axis=-1, direction="DESCENDING"), axis=-1)
     return candidates & (rank < tf.cast(counts, tf.int32)[:, tf.newaxis])
@@ -37,7 +43,7 @@ def gt_recall(candidates, candidate_valid, gt_boxes, gt_valid, threshold=0.5):
     return tf.reduce_sum(tf.cast(covered, tf.float32)), tf.reduce_sum(tf.cast(gt_valid, tf.float32))
 
 
-def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, sampling, seed):
+def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, sampling, seed, rows=None):
     """Anchor labels and regression targets for the RPN (sampling: settings.RpnSampling).
 
     anchors [N, 4]. Returns labels int32 [B, N] (1 object, 0 background, -1 ignored; at
@@ -62,16 +68,16 @@ def rpn_targets(anchors, gt_boxes, gt_classes, image_height, image_width, sampli
     positive = valid & ((best >= max_overlap) | forced)
     negative = valid & ~positive & (best < min_overlap)
     num_pos = tf.minimum(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1), mini_batch // 2)
-    positive = random_subset(positive, num_pos, seed)
+    positive = random_subset(positive, num_pos, seed, rows)
     num_neg = mini_batch - num_pos
-    negative = random_subset(negative, num_neg, seed + [0, 1])
+    negative = random_subset(negative, num_neg, seed + [0, 1], rows)
     labels = tf.where(positive, 1, tf.where(negative, 0, -1))
     deltas = box_ops.encode(tf.gather(gt_boxes, matched, batch_dims=1), anchors, sampling.box_weights)
     deltas = tf.where(positive[..., tf.newaxis], deltas, 0.0)
     return labels, deltas
 
 
-def proposal_targets(proposals, proposal_valid, gt_boxes, gt_classes, num_classes, sampling, seed):
+def proposal_targets(proposals, proposal_valid, gt_boxes, gt_classes, num_classes, sampling, seed, rows=None):
     """Samples RoIs for the second stage and their targets (sampling: settings.RoiSampling).
 
     proposals [B, P, 4] with proposal_valid [B, P]. num_classes counts background,
@@ -92,9 +98,9 @@ def proposal_targets(proposals, proposal_valid, gt_boxes, gt_classes, num_classe
     background = proposal_valid & (best < max_overlap) & (best >= min_overlap)
     max_fg = int(mini_batch * sampling.positive_fraction)
     num_fg = tf.minimum(tf.reduce_sum(tf.cast(foreground, tf.int32), axis=1), max_fg)
-    foreground = random_subset(foreground, num_fg, seed)
+    foreground = random_subset(foreground, num_fg, seed, rows)
     num_bg = tf.minimum(tf.reduce_sum(tf.cast(background, tf.int32), axis=1), mini_batch - num_fg)
-    background = random_subset(background, num_bg, seed + [0, 1])
+    background = random_subset(background, num_bg, seed + [0, 1], rows)
     # Gather the chosen rows first (foreground first), padding to mini_batch.
     chosen = foreground | background
     order = tf.argsort(tf.cast(foreground, tf.int32) * 2 + tf.cast(chosen, tf.int32), axis=1,

@@ -4,12 +4,12 @@ import pytest
 import tensorflow as tf
 
 from frcnn_tf.data import augment, convert
-from frcnn_tf.data.pipeline import InputPipeline
+from frcnn_tf.data.pipeline import InputPipeline, WorkerShard
 from frcnn_tf.spec.derived import class_ids
 from frcnn_tf.proto import augmentation_config_pb2
 from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
-from kitti_fixtures import (TRAFFIC_LIGHT_CLASSES, kitti_line, make_kitti, write_conversion_spec,
-                            write_experiment_spec)
+from kitti_fixtures import (TRAFFIC_LIGHT_CLASSES, kitti_line, make_kitti, tiny_dataset, tiny_training_spec,
+                            write_conversion_spec, write_experiment_spec)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,45 @@ def test_training_stream_is_deterministic_under_the_seed(real_records, traffic_l
         np.testing.assert_array_equal(box_a, box_b)
     spec.random_seed = 7
     assert [ids for ids, _, _ in first_batches()] != [ids for ids, _, _ in one]
+
+
+def _tiny_shards(tmp_path, shards):
+    """An InputPipeline of tiny_dataset (12 frames, 9 for training) converted into `shards` files per fold."""
+    root = tiny_dataset(tmp_path / "kitti")
+    spec = load_conversion_spec(write_conversion_spec(tmp_path / "c.txt", root, val_split=25, shards=shards))
+    convert.convert(spec, str(tmp_path / "tfr" / "t"), workers=1)
+    return InputPipeline(load_experiment_spec(tiny_training_spec(tmp_path / "e.txt", tmp_path / "tfr" / "t-fold-*",
+                                                                 root, tmp_path / "m.hdf5")))
+
+
+def _stream(pipeline, steps, **kw):
+    data = pipeline.dataset(training=True, batch_size=2, repeat=True, **kw)
+    return [(b["frame_id"].numpy().tolist(), b["images"].numpy()) for b in data.take(steps)]
+
+
+def test_with_fewer_files_than_workers_each_worker_takes_its_slice_of_every_global_batch(tmp_path):
+    """One training file, two workers of 2 examples per step: worker 0 takes the first half of each global
+    batch of 4 and worker 1 the second, images and augmentation included (the example's index in the global
+    stream seeds its augmentation), so together they are the stream one worker with batch 4 reads."""
+    pipeline = _tiny_shards(tmp_path, shards=1)
+    whole = pipeline.dataset(training=True, batch_size=4, repeat=True, start=4)
+    workers = [_stream(pipeline, 3, start=4, shard=WorkerShard(index, 2, 2)) for index in (0, 1)]
+    for step, batch in enumerate(whole.take(3)):
+        (ids0, images0), (ids1, images1) = workers[0][step], workers[1][step]
+        assert ids0 + ids1 == batch["frame_id"].numpy().tolist()
+        np.testing.assert_array_equal(np.concatenate([images0, images1]), batch["images"].numpy())
+
+
+def test_with_enough_files_each_worker_reads_its_own_files(tmp_path):
+    pipeline = _tiny_shards(tmp_path, shards=3)  # 3 training files of 3 frames: 2 for worker 0, 1 for worker 1
+    seen = [{frame for ids, _ in _stream(pipeline, 3, shard=WorkerShard(index, 2, 2)) for frame in ids}
+            for index in (0, 1)]
+    assert len(seen[0]) == 6 and len(seen[1]) == 3 and not seen[0] & seen[1]
+    # Resuming after 2 steps of the two workers (8 examples): each worker skips its own 4.
+    again = _stream(pipeline, 3, shard=WorkerShard(1, 2, 2))
+    resumed = _stream(pipeline, 1, start=8, shard=WorkerShard(1, 2, 2))
+    assert resumed[0][0] == again[2][0]
+    np.testing.assert_array_equal(resumed[0][1], again[2][1])
 
 
 def test_spatial_augmentation_moves_pixels_and_boxes_together():

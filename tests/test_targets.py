@@ -102,3 +102,25 @@ def test_gt_recall_counts_covered_valid_ground_truth():
     assert (float(covered), float(total)) == (2.0, 3.0)
     covered, _ = targets.gt_recall(candidates, candidate_valid, gt, gt_valid, 0.6)
     assert float(covered) == 1.0
+
+
+def test_a_replica_samples_its_images_as_the_whole_global_batch_would():
+    """Data-parallel replicas each hold a slice of the global batch (`rows`): every image's sampled
+    anchors and RoIs equal those of the undivided batch, whichever slice it is in."""
+    anchors = tf.constant([[0, 0, 10, 10]] * 10 + [[50 + i % 5, 50, 60 + i % 5, 60] for i in range(30)], tf.float32)
+    gt = tf.constant([[[0, 0, 10, 10]]] * 4, tf.float32)
+    classes = tf.constant([[0]] * 4)
+    rpn = RpnSampling(min_overlap=0.3, max_overlap=0.7, mini_batch=8)
+    whole, _ = targets.rpn_targets(anchors, gt, classes, 100, 100, rpn, SEED)
+    halves = [targets.rpn_targets(anchors, gt[i:i + 2], classes[i:i + 2], 100, 100, rpn, SEED, rows=(i, 4))[0]
+              for i in (0, 2)]
+    np.testing.assert_array_equal(tf.concat(halves, 0).numpy(), whole.numpy())
+    alone, _ = targets.rpn_targets(anchors, gt[2:], classes[2:], 100, 100, rpn, SEED)  # without rows: rows 0-1
+    assert (alone.numpy() != whole.numpy()[2:]).any()
+
+    proposals = tf.tile(anchors[tf.newaxis], [4, 1, 1])
+    roi = RoiSampling(min_overlap=0.0, max_overlap=0.5, mini_batch=6, positive_fraction=0.5)
+    whole = targets.proposal_targets(proposals, tf.ones([4, 40], tf.bool), gt, classes, 2, roi, SEED)[0]
+    halves = [targets.proposal_targets(proposals[i:i + 2], tf.ones([2, 40], tf.bool), gt[i:i + 2], classes[i:i + 2], 2,
+                                       roi, SEED, rows=(i, 4))[0] for i in (0, 2)]
+    np.testing.assert_array_equal(tf.concat(halves, 0).numpy(), whole.numpy())

@@ -14,7 +14,9 @@ keeping their aspect ratio and padding bottom/right (`enable_auto_resize`
 stretches instead), so training, evaluation and inference share one geometry.
 """
 import contextlib
+import dataclasses
 import glob
+import itertools
 import os
 
 import numpy as np
@@ -75,6 +77,25 @@ def shard_sources(dataset_config, training):
         raise FrcnnError(f"{dataset_config.data_sources[0].tfrecords_path}: no {split} shards (validation_fold "
                          f"{dataset_config.validation_fold} selects files containing '{marker}')")
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerShard:
+    """One worker's part of the training stream in a multi-worker run.
+
+    index: this worker (0 .. count - 1); count: the number of workers; batch: the examples this
+    worker takes per step (its replicas x batch_size_per_gpu). With at least `count` files each
+    worker reads its own files (file i goes to worker i % count); with fewer, every worker reads
+    the whole stream and keeps its `batch` consecutive examples of every global batch (worker w
+    the w-th), so the workers' slices of a step together are the global batch one worker would take.
+    """
+
+    index: int
+    count: int
+    batch: int
+
+    def by_files(self, num_files):
+        return num_files >= self.count
 
 
 class InputPipeline:
@@ -246,18 +267,34 @@ class InputPipeline:
             raise
 
     # ---- datasets ----------------------------------------------------------------------
-    def dataset(self, training, batch_size, repeat=False, shuffle_buffer=256, start=0):
+    def dataset(self, training, batch_size, repeat=False, shuffle_buffer=256, start=0, shard=None):
         """Batched dataset of the training or validation split.
 
         Training data is shuffled (seeded, reshuffled each pass) and, if `repeat`,
         repeated forever; augmentation seeds come from the running example index,
         so every pass differs and the whole stream is reproducible. `start` skips that
         many examples of the stream (a resumed run continues where the first one stopped).
+        shard (WorkerShard): this worker's part of a multi-worker stream; `start` counts the
+        examples of all workers, and the example indices (augmentation seeds) stay distinct
+        across workers: the global stream's index when sharded by record, local index x
+        workers + worker when sharded by file.
         """
-        parts = []
-        for files, image_directory in shard_sources(self.dataset_config, training):
-            part = tf.data.TFRecordDataset(files)
-            parts.append(part.map(lambda s, d=image_directory: (s, d)))
+        pairs = [(path, image_directory) for files, image_directory in shard_sources(self.dataset_config, training)
+                 for path in files]
+        sharded = shard is not None and shard.count > 1
+        by_files, by_records = sharded and shard.by_files(len(pairs)), sharded and not shard.by_files(len(pairs))
+        stride, offset = (shard.count, shard.index) if by_files else (1, 0)
+        if by_files:
+            start //= shard.count
+            logging.info("input: worker %d of %d reads %d of the %d files (sharded by file)", shard.index,
+                         shard.count, len(pairs[shard.index::shard.count]), len(pairs))
+            pairs = pairs[shard.index::shard.count]
+        elif by_records:
+            logging.info("input: worker %d of %d reads all %d files and takes examples %d-%d of every %d (fewer "
+                         "files than workers: sharded by record)", shard.index, shard.count, len(pairs),
+                         shard.index * shard.batch, (shard.index + 1) * shard.batch - 1, shard.count * shard.batch)
+        parts = [tf.data.TFRecordDataset([path for path, _ in group]).map(lambda s, d=image_directory: (s, d))
+                 for image_directory, group in itertools.groupby(pairs, key=lambda pair: pair[1])]
         data = parts[0]
         for part in parts[1:]:
             data = data.concatenate(part)
@@ -265,9 +302,11 @@ class InputPipeline:
             data = data.shuffle(shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True)
         if repeat:
             data = data.repeat()
-        data = data.skip(start).enumerate(start).map(
-            lambda index, item: self._example(index, item[0], item[1], training),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        data = data.skip(start).enumerate(start)
+        if by_records:
+            data = data.batch(shard.batch, drop_remainder=True).shard(shard.count, shard.index).unbatch()
+        data = data.map(lambda index, item: self._example(index * stride + offset, item[0], item[1], training),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.canvas is None:
             data = data.padded_batch(batch_size, drop_remainder=training)
         else:

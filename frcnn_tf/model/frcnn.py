@@ -194,12 +194,14 @@ class FasterRCNN:
         self.crop = crop
         self.num_classes = getattr(classifier, "layer", classifier).units
 
-    def train_outputs(self, images, gt_boxes, gt_classes, seed, training=True):
+    def train_outputs(self, images, gt_boxes, gt_classes, seed, training=True, rows=None):
         """The two-stage forward with sampled targets (see TrainOutputs).
 
         images [B, H, W, C]; gt_boxes [B, M, 4] (pixels) and gt_classes int32 [B, M] (-1 pads);
-        seed int [2] for the stateless sampling. Proposals use train_proposals and take no
-        gradient; training=False runs BatchNorm in inference mode.
+        seed int [2] for the stateless sampling; rows (first, total): where these images sit in
+        the global batch of a data-parallel step (see frcnn_tf.targets; default the whole batch).
+        Proposals use train_proposals and take no gradient; training=False runs BatchNorm in
+        inference mode.
         """
         features, rpn_logits, rpn_deltas = [tf.cast(t, tf.float32)
                                             for t in self.backbone_rpn(images, training=training)]
@@ -207,13 +209,14 @@ class FasterRCNN:
         batch, height, width = image_shape[0], image_shape[1], image_shape[2]
         anchors = self.proposal.anchors(rpn_logits)
         rpn_labels, rpn_targets = targets.rpn_targets(anchors, gt_boxes, gt_classes, height, width,
-                                                      self.rpn_sampling, seed)
+                                                      self.rpn_sampling, seed, rows)
         proposals = self.proposal.propose(tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), anchors,
                                           height, width, self.train_proposals)
         proposal_valid = box_ops.area(proposals) > 0
         covered, total = targets.gt_recall(proposals, proposal_valid, gt_boxes, gt_classes >= 0)
         rois, roi_labels, roi_targets = targets.proposal_targets(
-            proposals, proposal_valid, gt_boxes, gt_classes, self.num_classes, self.roi_sampling, seed + [0, 7])
+            proposals, proposal_valid, gt_boxes, gt_classes, self.num_classes, self.roi_sampling, seed + [0, 7],
+            rows)
         foreground = (roi_labels >= 0) & (roi_labels < self.num_classes - 1)
         crops = layers.crop_rois(features, rois, self.crop.stride, self.crop.pool_size)
         class_logits, deltas = [tf.cast(t, tf.float32) for t in self.head(crops, training=training)]

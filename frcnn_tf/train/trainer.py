@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl import logging
 
 from frcnn_tf import losses, quantize, schedules
-from frcnn_tf.data.pipeline import InputPipeline, shard_sources
+from frcnn_tf.data.pipeline import InputPipeline, WorkerShard, shard_sources
 from frcnn_tf.detectors import KerasDetector
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.evaluation import evaluate_detector, format_table
@@ -19,6 +19,7 @@ from frcnn_tf.settings import DetectionSettings, ProposalSettings, RoiSampling, 
 from frcnn_tf.spec import parse_experiment_spec
 from frcnn_tf.spec.derived import class_names, regression_weights
 from frcnn_tf.spec.validate import require_section
+from frcnn_tf.train import distribution
 
 LOSS_NAMES = ("rpn_class", "rpn_regress", "rcnn_class", "rcnn_regress", "regularization", "total")
 # Per-step statistics beside the losses (FasterRCNN.TrainOutputs): the share of ground-truth boxes a
@@ -26,11 +27,21 @@ LOSS_NAMES = ("rpn_class", "rpn_regress", "rcnn_class", "rcnn_regress", "regular
 STAT_NAMES = ("recall", "fg_rois")
 
 
+def _global_rows(images):
+    """(first, total): where this replica's images sit in the step's global batch (replicas take equal
+    consecutive slices in replica order), so that target sampling is that of the undivided batch."""
+    context = tf.distribute.get_replica_context()
+    batch = tf.shape(images)[0]
+    return tf.cast(context.replica_id_in_sync_group, tf.int32) * batch, batch * context.num_replicas_in_sync
+
+
 class TrainStep:
     """One optimisation step of a FasterRCNN under a tf.distribute strategy (default: no distribution).
 
     The model owns the forward (FasterRCNN.train_outputs); the step weighs its losses (the spec's
-    lambda_* factors), takes the gradient and applies the optimizer.
+    lambda_* factors), takes the gradient and applies the optimizer. Under N replicas each replica
+    divides its loss (the mean over its images) by N and the optimizer sums the replicas' gradients,
+    which is the gradient of the mean over the global batch; the reported losses are the replicas' mean.
     """
 
     def __init__(self, spec, frcnn, optimizer, strategy):
@@ -43,7 +54,8 @@ class TrainStep:
         """The weighted losses and the training statistics {name: scalar} of one batch (LOSS_NAMES,
         STAT_NAMES; training_mode: BatchNorm in training mode)."""
         frcnn, training = self.frcnn, self.training
-        out = frcnn.train_outputs(images, gt_boxes, gt_classes, seed, training=training_mode)
+        out = frcnn.train_outputs(images, gt_boxes, gt_classes, seed, training=training_mode,
+                                  rows=_global_rows(images))
         rpn_batch, roi_batch = frcnn.rpn_sampling.mini_batch, frcnn.roi_sampling.mini_batch
         values = {
             "rpn_class": training.lambda_rpn_class * losses.rpn_class_loss(out.rpn_labels, out.rpn_logits, rpn_batch),
@@ -72,16 +84,25 @@ class TrainStep:
         self.optimizer.apply_gradients(zip(gradients, variables))
         return values
 
+    def _mean_over_replicas(self, replica_fn, *args, **kwargs):
+        """Runs replica_fn (-> {name: value}) on every replica; {name: mean over the replicas} of LOSS_NAMES and
+        STAT_NAMES, in one collective."""
+        names = LOSS_NAMES + STAT_NAMES
+
+        def stacked(*a, **k):
+            values = replica_fn(*a, **k)
+            return tf.stack([values[name] for name in names])
+        mean = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, self.strategy.run(stacked, args=args, kwargs=kwargs),
+                                    axis=None)
+        return dict(zip(names, tf.unstack(mean)))
+
     def _distributed_step(self, batch, seed):
-        values = self.strategy.run(self._replica_step,
-                                   args=(batch["images"], batch["boxes"], batch["classes"], seed))
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in values.items()}
+        return self._mean_over_replicas(self._replica_step, batch["images"], batch["boxes"], batch["classes"], seed)
 
     def _distributed_losses(self, batch, seed):
         """The losses of the current weights in inference mode, without a training step."""
-        values = self.strategy.run(self.loss_values, args=(batch["images"], batch["boxes"], batch["classes"], seed),
-                                   kwargs={"training_mode": False})
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in values.items()}
+        return self._mean_over_replicas(self.loss_values, batch["images"], batch["boxes"], batch["classes"], seed,
+                                        training_mode=False)
 
 
 def count_records(files):
@@ -211,6 +232,9 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_a
           overwrite=False):
     """Trains per the validated experiment spec; returns {'checkpoints': [...], 'history': [...]}.
 
+    strategy: a tf.distribute strategy (default: TensorFlow's, one device); batch_size_per_gpu is per
+    replica. Under a multi-worker strategy only the chief writes (and returns) checkpoints; the other
+    workers return no checkpoints.
     max_steps_per_epoch caps the steps of each epoch (for smoke tests and benchmarks).
     use_amp computes in 16-bit floats (variables stay float32; see amp_policy).
     key: for .tlt model files (default: the spec's enc_key).
@@ -219,10 +243,14 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_a
     """
     if use_amp and spec.training_config.enable_qat:
         raise FrcnnError("--use_amp and enable_qat do not combine: QAT simulates int8 on float32")
+    strategy = strategy or tf.distribute.get_strategy()
+    role = distribution.Role.of(strategy)
     previous_policy = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(amp_policy() if use_amp else "float32")
     try:
-        return _train(spec, results_dir, strategy, max_steps_per_epoch, checkpoints.model_key(spec, key), overwrite)
+        with role.scratch() as scratch:
+            return _train(spec, results_dir, strategy, role, scratch, max_steps_per_epoch,
+                          checkpoints.model_key(spec, key), overwrite)
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -260,16 +288,33 @@ def _save_checkpoint(frcnn, step, batch, seed, path, metadata, enc_key, last_goo
     logging.info("saved %s", path)
 
 
-def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite):
+def _resume_position(optimizer, metadata, batch_size, epoch_start_step, source):
+    """The examples of the training stream a resumed run has trained on (checkpoint metadata
+    'examples_seen'; earlier checkpoints: steps x this run's global batch). A checkpoint trained with
+    another global batch (another replica count or batch_size_per_gpu) moves the step counter to the
+    start of the epoch in this run's steps, so the schedule continues at the epoch where the run stopped."""
+    saved_batch = metadata.get("global_batch_size", batch_size)
+    examples = metadata.get("examples_seen", int(optimizer.iterations.numpy()) * saved_batch)
+    if saved_batch != batch_size:
+        optimizer.iterations.assign(epoch_start_step)
+        logging.info("%s was trained with a global batch of %d, this run's is %d: training continues after its %d "
+                     "examples, the schedule at step %d", source, saved_batch, batch_size, examples, epoch_start_step)
+    return examples
+
+
+def _train(spec, results_dir, strategy, role, scratch, max_steps_per_epoch, enc_key, overwrite):
     training = spec.training_config
-    strategy = strategy or tf.distribute.get_strategy()
     tf.keras.utils.set_random_seed(spec.random_seed)
     output_model = _output_model(spec, results_dir)
-    _check_output_model(output_model, training, overwrite)
+    if role.chief:
+        _check_output_model(output_model, training, overwrite)
+    # The other workers write the same files into their scratch folder; messages name the chief's.
+    written_model = os.path.join(scratch, os.path.basename(output_model)) if scratch else output_model
     pipeline = InputPipeline(spec)
     train_files = [f for files, _ in shard_sources(spec.dataset_config, training=True) for f in files]
     num_images = count_records(train_files)
-    batch_size = training.batch_size_per_gpu * strategy.num_replicas_in_sync
+    replicas, per_replica = strategy.num_replicas_in_sync, training.batch_size_per_gpu
+    batch_size = per_replica * replicas
     if num_images < batch_size:
         raise FrcnnError(f"{train_files[0]}: {num_images} training images, fewer than one batch of {batch_size}")
     validation_period = spec.evaluation_config.validation_period_during_training if spec.HasField(
@@ -283,80 +328,98 @@ def _train(spec, results_dir, strategy, max_steps_per_epoch, enc_key, overwrite)
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
     total_steps = steps * training.num_epochs
+    logging.info("training on %d replica(s) (%s): global batch %d = batch_size_per_gpu %d x %d replica(s); the loss "
+                 "is the mean over the global batch and the spec's learning rate applies to it unscaled; %d steps "
+                 "per epoch", replicas, role.describe(strategy), batch_size, per_replica, replicas, steps)
 
     with strategy.scope():
         model, saved_optimizer, first_epoch, metadata = _initial_model(spec, enc_key)
         frcnn = training_frcnn(model, spec)
         optimizer = build_training_optimizer(training, total_steps)
+        examples_seen = 0
         if saved_optimizer is not None:
             _restore_optimizer_state(optimizer, saved_optimizer, frcnn.model.trainable_variables)
+            examples_seen = _resume_position(optimizer, metadata, batch_size, first_epoch * steps,
+                                             training.resume_from_model)
         frcnn.model.compile(optimizer=optimizer)  # saved with the model for resume
         step = TrainStep(spec, frcnn, optimizer, strategy)
-    data = strategy.experimental_distribute_dataset(pipeline.dataset(
-        training=True, batch_size=batch_size, repeat=True, start=int(optimizer.iterations.numpy()) * batch_size))
-    iterator = iter(data)
-    writer = tf.summary.create_file_writer(os.path.join(os.path.dirname(output_model), "logs"))
+    first_step = int(optimizer.iterations.numpy())
+
+    def worker_stream(context):
+        """This worker's batches: one per local replica and step, from its shard of the stream."""
+        worker_batch = per_replica * context.num_replicas_in_sync // context.num_input_pipelines
+        return pipeline.dataset(training=True, batch_size=per_replica, repeat=True, start=examples_seen,
+                                shard=WorkerShard(context.input_pipeline_id, context.num_input_pipelines, worker_batch))
+    iterator = iter(strategy.distribute_datasets_from_function(worker_stream))
+    writer = tf.summary.create_file_writer(os.path.join(os.path.dirname(written_model), "logs"))
     metadata = {**metadata, "arch": spec.model_config.arch, "class_names": class_names(spec.dataset_config),
-                "regression_weights": list(regression_weights(training)), "qat": bool(training.enable_qat)}
+                "regression_weights": list(regression_weights(training)), "qat": bool(training.enable_qat),
+                "global_batch_size": batch_size}
     saved, history = [], []
     last_good = training.resume_from_model
-    for epoch in range(first_epoch, training.num_epochs):
-        logging.info("epoch %d/%d", epoch + 1, training.num_epochs)
-        progress = tf.keras.utils.Progbar(steps, stateful_metrics=LOSS_NAMES + STAT_NAMES + ("lr",))
-        sums = dict.fromkeys(LOSS_NAMES + STAT_NAMES, 0.0)
-        for index in range(steps):
-            global_step = int(optimizer.iterations.numpy())
-            seed = tf.constant([spec.random_seed, global_step], tf.int64)
-            with pipeline.naming_bad_input(training=True):
-                batch = next(iterator)
-            values = {name: float(value) for name, value in step.step(batch, seed).items()}
-            if not all(math.isfinite(v) for v in values.values()):
-                raise _diverged(f"the loss became {values['total']} at epoch {epoch + 1}, step {index + 1}",
-                                last_good)
-            lr = float(optimizer.learning_rate(global_step)) if callable(optimizer.learning_rate) else float(
-                optimizer.learning_rate)
-            for name in sums:
-                sums[name] += values[name]
-            progress.update(index + 1, [(name, values[name]) for name in sums] + [("lr", lr)])
-            with writer.as_default(step=global_step):
-                for name in LOSS_NAMES:
-                    tf.summary.scalar(f"loss/{name}", values[name])
-                for name in STAT_NAMES:
-                    tf.summary.scalar(f"train/{name}", values[name])
-                tf.summary.scalar("learning_rate", lr)
-        history.append({"epoch": epoch + 1, **{name: total / steps for name, total in sums.items()}})
-        logging.info("epoch %d means: %s", epoch + 1, ", ".join(f"{name} {history[-1][name]:.4g}" for name in sums))
-        stop = early_stop(history, training.early_stopping) if training.HasField("early_stopping") else False
-        if stop:
-            logging.info("early_stopping: the epoch loss has not improved by min_delta %g for %d epochs; stopping "
-                         "after epoch %d", training.early_stopping.min_delta, training.early_stopping.patience,
-                         epoch + 1)
-        if (epoch + 1) % training.checkpoint_interval == 0 or epoch + 1 == training.num_epochs or stop:
-            path = checkpoints.checkpoint_path(output_model, epoch + 1)
-            _save_checkpoint(frcnn, step, batch, seed, path, metadata, enc_key, last_good, epoch + 1)
-            saved.append(path)
-            last_good = path
-        if validation_period and (epoch + 1) % validation_period == 0:
-            try:
-                history[-1]["validation_map"] = _validate(spec, frcnn, metadata, writer, epoch + 1)
-            except FrcnnError as err:
-                logging.error("validation after epoch %d failed, training continues: %s", epoch + 1, err)
-        if stop:
-            break
+    epoch, index = first_epoch, 0
+    try:
+        for epoch in range(first_epoch, training.num_epochs):
+            logging.info("epoch %d/%d", epoch + 1, training.num_epochs)
+            progress = tf.keras.utils.Progbar(steps, stateful_metrics=LOSS_NAMES + STAT_NAMES + ("lr",))
+            sums = dict.fromkeys(LOSS_NAMES + STAT_NAMES, 0.0)
+            for index in range(steps):
+                global_step = int(optimizer.iterations.numpy())
+                seed = tf.constant([spec.random_seed, global_step], tf.int64)
+                with pipeline.naming_bad_input(training=True):
+                    batch = next(iterator)
+                values = {name: float(value) for name, value in step.step(batch, seed).items()}
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise _diverged(f"the loss became {values['total']} at epoch {epoch + 1}, step {index + 1}",
+                                    last_good)
+                lr = float(optimizer.learning_rate(global_step)) if callable(optimizer.learning_rate) else float(
+                    optimizer.learning_rate.numpy())  # a variable, mirrored under a strategy
+                for name in sums:
+                    sums[name] += values[name]
+                progress.update(index + 1, [(name, values[name]) for name in sums] + [("lr", lr)])
+                with writer.as_default(step=global_step):
+                    for name in LOSS_NAMES:
+                        tf.summary.scalar(f"loss/{name}", values[name])
+                    for name in STAT_NAMES:
+                        tf.summary.scalar(f"train/{name}", values[name])
+                    tf.summary.scalar("learning_rate", lr)
+            history.append({"epoch": epoch + 1, **{name: total / steps for name, total in sums.items()}})
+            logging.info("epoch %d means: %s", epoch + 1,
+                         ", ".join(f"{name} {history[-1][name]:.4g}" for name in sums))
+            stop = early_stop(history, training.early_stopping) if training.HasField("early_stopping") else False
+            if stop:
+                logging.info("early_stopping: the epoch loss has not improved by min_delta %g for %d epochs; "
+                             "stopping after epoch %d", training.early_stopping.min_delta,
+                             training.early_stopping.patience, epoch + 1)
+            if (epoch + 1) % training.checkpoint_interval == 0 or epoch + 1 == training.num_epochs or stop:
+                seen = examples_seen + (int(optimizer.iterations.numpy()) - first_step) * batch_size
+                path = checkpoints.checkpoint_path(written_model, epoch + 1)
+                _save_checkpoint(frcnn, step, batch, seed, path, {**metadata, "examples_seen": seen}, enc_key,
+                                 last_good, epoch + 1)
+                last_good = checkpoints.checkpoint_path(output_model, epoch + 1)
+                if role.chief:
+                    saved.append(path)
+            if validation_period and (epoch + 1) % validation_period == 0:
+                try:
+                    history[-1]["validation_map"] = _validate(spec, frcnn, metadata, writer, epoch + 1)
+                except FrcnnError as err:
+                    logging.error("validation after epoch %d failed, training continues: %s", epoch + 1, err)
+            if stop:
+                break
+    except distribution.PEER_ERRORS as err:
+        lost = role.lost_peer(err, epoch + 1, index + 1, last_good)
+        if lost is None:
+            raise
+        raise lost from None
     writer.flush()
     return {"checkpoints": saved, "history": history}
 
 
 def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use_amp=False, key=None,
               overwrite=False):
-    """Loads and validates the spec, then trains; returns train()'s result."""
+    """Loads and validates the spec, then trains on `gpus` GPUs, or as one worker of the TF_CONFIG cluster;
+    returns train()'s result."""
     spec, source = parse_experiment_spec(spec_path)
     for section in ("training_config", "dataset_config"):
         require_section(spec, source, section)
-    strategy = None
-    if gpus > 1:
-        visible = tf.config.list_physical_devices("GPU")
-        if len(visible) < gpus:
-            raise FrcnnError(f"--gpus {gpus} asked for, but {len(visible)} GPUs are visible")
-        strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
-    return train(spec, results_dir, strategy, max_steps_per_epoch, use_amp, key, overwrite)
+    return train(spec, results_dir, distribution.strategy_for(gpus), max_steps_per_epoch, use_amp, key, overwrite)
