@@ -3,6 +3,9 @@ import pathlib
 
 from PIL import Image, ImageDraw
 
+from frcnn_tf.data import convert
+from frcnn_tf.spec import load_conversion_spec
+
 CONVERSION_SPEC = """kitti_config {{
   root_directory_path: "{root}"
   image_dir_name: "images"
@@ -108,3 +111,12 @@ def tiny_training_spec(path, tfrecords, image_dir, output_model, epochs=1, extra
         ("rpn_pre_nms_top_N: 6000\n  rpn_nms_max_boxes: 300", "rpn_pre_nms_top_N: 100\n  rpn_nms_max_boxes: 16"),
         ("scale: 64.0\n    scale: 128.0\n    scale: 256.0", "scale: 16.0\n    scale: 32.0"),
         *extra])
+
+
+def converted_tiny_dataset(folder):
+    """(KITTI root, shard glob) of tiny_dataset under `folder` converted with 3 validation frames
+    (val_split 25) and one shard per fold."""
+    root = tiny_dataset(folder / "kitti")
+    spec = load_conversion_spec(write_conversion_spec(folder / "convert.txt", root, val_split=25, shards=1))
+    convert.convert(spec, str(folder / "tfr" / "t"), workers=1)
+    return root, str(folder / "tfr" / "t-fold-*")

@@ -30,13 +30,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
-from frcnn_tf.data import convert
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.model import checkpoints
-from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
+from frcnn_tf.spec import load_experiment_spec
 from frcnn_tf.train import distribution
 from frcnn_tf.train.trainer import LOSS_NAMES, train
-from kitti_fixtures import tiny_dataset, tiny_training_spec, write_conversion_spec
+from kitti_fixtures import converted_tiny_dataset, tiny_training_spec
 
 NO_VALIDATION = ("validation_period_during_training: 1", "validation_period_during_training: 100")
 GT_AS_ROI = ("gt_as_roi: false", "gt_as_roi: true")
@@ -47,11 +46,7 @@ SCRATCH = r"is not the chief: its checkpoints and events go to (\S+), removed"  
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(KITTI root, shard glob) of tiny_dataset converted with one shard per fold (9 training frames)."""
-    tmp = tmp_path_factory.mktemp("tiny")
-    root = tiny_dataset(tmp / "kitti")
-    spec = load_conversion_spec(write_conversion_spec(tmp / "convert.txt", root, val_split=25, shards=1))
-    convert.convert(spec, str(tmp / "tfr" / "t"), workers=1)
-    return root, str(tmp / "tfr" / "t-fold-*")
+    return converted_tiny_dataset(tmp_path_factory.mktemp("tiny"))
 
 
 def _spec(folder, tiny, name, batch, epochs, extra=()):

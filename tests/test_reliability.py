@@ -13,7 +13,7 @@ from frcnn_tf.errors import FrcnnError
 from frcnn_tf.spec import load_conversion_spec, load_experiment_spec
 from frcnn_tf.model import checkpoints
 from frcnn_tf.train.trainer import train
-from kitti_fixtures import tiny_dataset, tiny_training_spec, write_conversion_spec
+from kitti_fixtures import converted_tiny_dataset, tiny_training_spec, write_conversion_spec
 
 REPO_SPECS = REPO / "specs"
 NO_VALIDATION = ("validation_period_during_training: 1", "validation_period_during_training: 100")
@@ -22,11 +22,7 @@ NO_VALIDATION = ("validation_period_during_training: 1", "validation_period_duri
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(KITTI root, shard glob) of tiny_dataset converted with 3 validation frames, one shard per fold."""
-    tmp = tmp_path_factory.mktemp("tiny")
-    root = tiny_dataset(tmp / "kitti")
-    spec = load_conversion_spec(write_conversion_spec(tmp / "convert.txt", root, val_split=25, shards=1))
-    convert.convert(spec, str(tmp / "tfr" / "t"), workers=1)
-    return root, str(tmp / "tfr" / "t-fold-*")
+    return converted_tiny_dataset(tmp_path_factory.mktemp("tiny"))
 
 
 def _spec_path(tmp_path, tiny, output_model, epochs=1, extra=()):
