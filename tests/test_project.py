@@ -8,7 +8,9 @@ from conftest import REPO
 
 
 def _readme_commands():
-    return re.findall(r"```\n(.+?)\n```", (REPO / "README.md").read_text())
+    """The one-line code blocks of the README's set-up section (from "## Set-up" to the next "## ")."""
+    setup = re.search(r"^## Set-up.*?(?=^## )", (REPO / "README.md").read_text(), re.M | re.S)
+    return re.findall(r"```\n(.+?)\n```", setup.group(0))
 
 
 def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
