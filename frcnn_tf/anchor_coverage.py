@@ -67,12 +67,15 @@ def fit(gt_boxes, sizes, scales, ratios):
                      shares=shares(best), mean_iou=float(np.mean(best)) if len(best) else 0.0)
 
 
-def best_scales(gt_boxes, sizes, ratios, count, spacing=2.0):
-    """The AnchorFit of `count` scales `spacing` apart, the smallest from SCALE_STEPS, whose shares
-    summed over THRESHOLDS are the highest (on a tie, the higher mean IoU)."""
-    fits = [fit(gt_boxes, sizes, [smallest * spacing ** i for i in range(count)], ratios)
-            for smallest in SCALE_STEPS]
+def best(fits):
+    """The AnchorFit whose shares summed over THRESHOLDS are the highest (on a tie, the higher mean IoU)."""
     return max(fits, key=lambda f: (sum(f.shares.values()), f.mean_iou))
+
+
+def best_scales(gt_boxes, sizes, ratios, count, spacing=2.0):
+    """The best AnchorFit of `count` scales `spacing` apart, the smallest from SCALE_STEPS."""
+    return best(fit(gt_boxes, sizes, [smallest * spacing ** i for i in range(count)], ratios)
+                for smallest in SCALE_STEPS)
 
 
 def anchor_report(spec):

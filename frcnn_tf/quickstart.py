@@ -15,8 +15,7 @@ import time
 from absl import logging
 from google.protobuf import text_format
 
-from frcnn_tf import metrics, sample_data
-from frcnn_tf.anchor_coverage import THRESHOLDS, run_anchor_report
+from frcnn_tf import anchor_coverage, metrics, sample_data
 from frcnn_tf.data.convert import run_dataset_convert
 from frcnn_tf.deployed import TensorRTMissing
 from frcnn_tf.evaluate import run_evaluate
@@ -65,9 +64,8 @@ class QuickstartOptions:
 def _fit_anchors(*spec_paths):
     """Sets the anchor scales of the specs (the first is the training spec) to the best fit of its
     training boxes (anchor_coverage: the spec's, an octave apart, or half an octave apart); returns it."""
-    report = run_anchor_report(spec_paths[0])
-    fit = max((report[name] for name in ("spec", "best", "dense")),
-              key=lambda f: (sum(f.shares.values()), f.mean_iou))
+    report = anchor_coverage.run_anchor_report(spec_paths[0])
+    fit = anchor_coverage.best(report[name] for name in ("spec", "best", "dense"))
     for path in spec_paths:
         spec = text_format.Parse(pathlib.Path(path).read_text(), experiment_pb2.Experiment())  # as written
         del spec.model_config.anchor_box_config.scale[:]
@@ -188,7 +186,7 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
     if options.fit_anchors:
         fit = stages.run("fit anchors", _fit_anchors, train_spec, qat_spec)
         stages.note(detail=f"scales {' '.join(f'{v:.4g}' for v in fit.scales)}: boxes with an anchor at IoU "
-                           + ", ".join(f">= {t}: {100 * fit.shares[t]:.1f}%" for t in THRESHOLDS))
+                           + ", ".join(f">= {t}: {100 * fit.shares[t]:.1f}%" for t in anchor_coverage.THRESHOLDS))
 
     model_path = stages.run("train", run_train, train_spec, max_steps_per_epoch=options.max_steps_per_epoch,
                             use_amp=options.use_amp, overwrite=True)["checkpoints"][-1]

@@ -158,6 +158,13 @@ class InputPipeline:
             image = tf.image.pad_to_bounding_box(image, 0, 0, self.canvas[0], self.canvas[1])
         return image, tf.stack([new_h / shape[0], new_w / shape[1]])
 
+    def _trainable(self, boxes, classes):
+        """bool [N]: boxes [N, 4] (input pixels) of a mapped class and at least the preprocessing's
+        min_bbox_width x min_bbox_height."""
+        pre = self.augmentation.preprocessing
+        return ((classes >= 0) & (boxes[:, 3] - boxes[:, 1] >= max(pre.min_bbox_width, 1e-3))
+                & (boxes[:, 2] - boxes[:, 0] >= max(pre.min_bbox_height, 1e-3)))
+
     def _example(self, index, serialized, image_directory, training):
         example = records.parse_example(serialized)
         image = self._decode(example, image_directory)
@@ -171,9 +178,7 @@ class InputPipeline:
         if training and self.augment:
             image, boxes = augment.spatial(image, boxes, seed, self.augmentation.spatial_augmentation)
         classes = self.class_table.lookup(example[records.OBJECT_CLASS])
-        pre = self.augmentation.preprocessing
-        keep = ((classes >= 0) & (boxes[:, 3] - boxes[:, 1] >= max(pre.min_bbox_width, 1e-3))
-                & (boxes[:, 2] - boxes[:, 0] >= max(pre.min_bbox_height, 1e-3)))
+        keep = self._trainable(boxes, classes)
         boxes = tf.boolean_mask(boxes, keep)[: self.max_objects]
         classes = tf.boolean_mask(classes, keep)[: self.max_objects]
         occlusion = tf.cast(tf.boolean_mask(example[records.OCCLUSION], keep)[: self.max_objects], tf.int32)
@@ -194,12 +199,12 @@ class InputPipeline:
         """The split's ground-truth boxes as the model sees them without augmentation.
 
         Returns (boxes float32 [N, 4] in input pixels y1 x1 y2 x2, sizes int [N, 2]: (height, width)
-        of the network input each box lies in: the canvas, or the resized image without one). Boxes of unmapped classes or under the
-        preprocessing's min_bbox size are left out, as in training. Reads no image.
+        of the network input each box lies in: the canvas, or the resized image without one). Boxes of
+        unmapped classes or under the preprocessing's min_bbox size are left out, as in training
+        (_trainable). Reads no image.
         """
         keys = {key: records.PARSE_SPEC[key] for key in (records.WIDTH, records.HEIGHT, records.OBJECT_CLASS,
                                                           records.X1, records.Y1, records.X2, records.Y2)}
-        pre = self.augmentation.preprocessing
         boxes, sizes = [], []
         for files, _ in shard_sources(self.dataset_config, training):
             for serialized in tf.data.TFRecordDataset(files):
@@ -210,9 +215,7 @@ class InputPipeline:
                 corners = tf.stack([tf.sparse.to_dense(example[key]) for key in
                                     (records.Y1, records.X1, records.Y2, records.X2)], axis=-1) * scale
                 classes = self.class_table.lookup(tf.sparse.to_dense(example[records.OBJECT_CLASS]))
-                keep = ((classes >= 0) & (corners[:, 3] - corners[:, 1] >= max(pre.min_bbox_width, 1e-3))
-                        & (corners[:, 2] - corners[:, 0] >= max(pre.min_bbox_height, 1e-3)))
-                kept = tf.boolean_mask(corners, keep).numpy()
+                kept = tf.boolean_mask(corners, self._trainable(corners, classes)).numpy()
                 boxes.append(kept)
                 size = self.canvas or (int(new_h), int(new_w))
                 sizes.append(np.tile([size], (len(kept), 1)))
