@@ -4,20 +4,27 @@ TensorRT runs a Q/DQ network as: weights INT8 per output channel, symmetric, nar
 [-127, 127]; activations INT8 per tensor, symmetric, zero point 0, clamped to [-128, 127],
 quantized where a Conv/MatMul reads them. Training here computes exactly that:
 
+* BatchNorm is folded into the conv before it when the model is converted (`quantize_model`:
+  kernel x k, bias x k + shift per output channel, k = gamma / sqrt(var + eps), from the moving
+  statistics): a QAT model trains the folded conv, which is what TensorRT runs;
 * every Conv2D/Dense is wrapped in tfmot's QuantizeWrapperV2 with `TensorRTWeightQuantization`:
-  its kernel is fake-quantized per output channel, scale = max|w| / 127 (no variables);
+  its kernel is fake-quantized per output channel (no variables);
 * a `TensorQuantize` layer sits on every tensor a Conv2D/Dense or a residual Add reads (the
   image, block inputs, the RoI crop before block 4, the pooled head features): one per tensor,
   shared by its readers, range amax tracked as a moving average of max|x| during training;
-* BatchNorm stays float after its conv. Per-channel symmetric scaling commutes with folding BN
-  (scale k = gamma / sqrt(var + eps) per channel c): max|w_c k_c| = |k_c| max|w_c|, so
-  round(w_c k_c / (|k_c| s_c)) = sign(k_c) round(w_c / s_c): the folded conv's INT8 weights are
-  the trained ones (sign-flipped where k < 0) with scale |k_c| s_c (`deployable_model`);
 * proposals, crop coordinates, NMS and box decoding stay float.
 
+Every scale is a power of two, the smallest at least amax / 127 (`power_of_two_at_least`; at
+most one bit of resolution given up). Then a dequantized value is an integer times a power of
+two, exactly, so a conv's products and sums are exact in float32 (while the sum stays below
+2^24 steps), in whatever order TensorFlow, onnxruntime or TensorRT's INT32 accumulators add
+them: the Keras QAT model, the exported Q/DQ graph run by onnxruntime and the TensorRT engine
+compute the same numbers up to the one rounding of the bias add, instead of diverging by a
+rounding flip per layer that the next layers amplify.
+
 `fake_quantize` is ONNX's DequantizeLinear(QuantizeLinear(x, scale, 0)) in TensorFlow ops
-(divide, round half to even, clip, multiply), so the Keras QAT model, onnxruntime and TensorRT
-compute the same numbers; the straight-through gradient passes inside the clip range.
+(divide, round half to even, clip, multiply), bit for bit; the straight-through gradient passes
+inside the clip range.
 """
 import dataclasses
 import hashlib
@@ -56,15 +63,25 @@ def _integers(values, scale, low, high):
     return tf.clip_by_value(tf.round(values / scale), low, high)
 
 
+def power_of_two_at_least(values):
+    """The smallest power of two >= each positive normal float32 value, exactly (from the IEEE-754
+    bits: a value with mantissa bits set rounds up to the next exponent)."""
+    bits = tf.bitcast(tf.convert_to_tensor(values, tf.float32), tf.int32)
+    exponent = tf.bitwise.right_shift(bits, 23) + tf.cast(tf.bitwise.bitwise_and(bits, 0x7FFFFF) > 0, tf.int32)
+    return tf.bitcast(tf.bitwise.left_shift(exponent, 23), tf.float32)
+
+
 def weight_scale(kernel):
-    """Per-output-channel scale [C] of a Conv2D (HWIO) or Dense ([in, out]) kernel: max|w| / 127."""
+    """Per-output-channel scale [C] of a Conv2D (HWIO) or Dense ([in, out]) kernel: the power of two
+    at least max|w| / 127."""
     magnitude = tf.reduce_max(tf.abs(kernel), axis=list(range(len(kernel.shape) - 1)))
-    return tf.maximum(magnitude, MIN_SCALE) / WEIGHT_INT8_MAX
+    return power_of_two_at_least(tf.maximum(magnitude, MIN_SCALE) / WEIGHT_INT8_MAX)
 
 
 def activation_scale(amax):
-    """The per-tensor scale of a range [-amax, amax]: amax / 127 (TensorRT's calibration cache value)."""
-    return tf.maximum(amax, MIN_SCALE) / INT8_MAX
+    """The per-tensor scale of a range [-amax, amax]: the power of two at least amax / 127 (TensorRT's
+    calibration cache value)."""
+    return power_of_two_at_least(tf.maximum(amax, MIN_SCALE) / INT8_MAX)
 
 
 class PerChannelWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
@@ -178,11 +195,17 @@ def is_quantized(model):
 
 
 def check_scheme(model, path):
-    """Refuses a QAT model of tfmot's default scheme (earlier frcnn_tf versions): its asymmetric
-    output ranges are not what TensorRT computes, so it cannot be trained on or deployed as trained."""
-    if is_quantized(model) and not any(isinstance(layer, TensorQuantize) for layer in model.layers):
+    """Refuses a QAT model of an earlier frcnn_tf scheme: tfmot's default one (asymmetric output
+    ranges, not what TensorRT computes) or one with BatchNorm after its quantized convs (scales that
+    are not powers of two once folded), which cannot be trained on or deployed as trained."""
+    if not is_quantized(model):
+        return
+    if not any(isinstance(layer, TensorQuantize) for layer in model.layers):
         raise FrcnnError(f"{path}: a QAT model of tfmot's default 8-bit scheme, which TensorRT cannot run as "
                          "trained; retrain its float model with enable_qat (TensorRT's INT8 scheme)")
+    if any(isinstance(layer, tf.keras.layers.BatchNormalization) for layer in model.layers):
+        raise FrcnnError(f"{path}: a QAT model of an earlier frcnn_tf scheme (BatchNorm not folded), which "
+                         "TensorRT cannot run bit for bit as trained; retrain its float model with enable_qat")
 
 
 def quantize_scope(custom_objects):
@@ -207,12 +230,38 @@ def _model_from_layers(config, layers, renames, custom_objects):
         return tf.keras.Model.from_config(config, custom_objects={**CUSTOM_OBJECTS, **custom_objects})
 
 
+def _readers(config):
+    """{layer name: [names of the layers that read its output]} of a functional model config."""
+    readers = {}
+    for layer in config["layers"]:
+        for node in layer["inbound_nodes"]:
+            for reference in node:
+                readers.setdefault(reference[0], []).append(layer["name"])
+    return readers
+
+
+def _foldable_batch_norms(model, config):
+    """{Conv2D/Dense name: name of the BatchNormalization that alone reads its linear output}."""
+    by_name, readers, folds = {layer.name: layer for layer in model.layers}, _readers(config), {}
+    for layer in config["layers"]:
+        follower = readers.get(layer["name"], [])
+        if (layer["class_name"] in QUANTIZED_TYPES and len(follower) == 1
+                and layer["config"].get("activation", "linear") == "linear"
+                and isinstance(by_name[follower[0]], tf.keras.layers.BatchNormalization)):
+            folds[layer["name"]] = follower[0]
+    return folds
+
+
 def quantize_model(model, custom_objects):
-    """A QAT copy of a float Faster R-CNN model (pruned or not) with its weights; activation
-    ranges start empty and are set by the first training batch."""
+    """A QAT copy of a float Faster R-CNN model (pruned or not) with its weights, each BatchNorm
+    folded into the conv before it (it computes what the float model computes in inference mode,
+    before quantization); activation ranges start empty and are set by the first training batch."""
     config = model.get_config()
+    folds = _foldable_batch_norms(model, config)
     layers, quantizers, renames = [], {}, {}
     for layer in config["layers"]:
+        if layer["name"] in folds.values():
+            continue
         if layer["class_name"] in QUANTIZED_INPUTS:
             for node in layer["inbound_nodes"]:
                 for reference in node:
@@ -227,17 +276,28 @@ def quantize_model(model, custom_objects):
                     reference[:3] = [quantizers[source, node_index, tensor_index], 0, 0]
         _rename_inputs(layer, renames)
         if layer["class_name"] in QUANTIZED_TYPES:
-            inner = layer["config"]
+            inner = dict(layer["config"], use_bias=True) if layer["name"] in folds else layer["config"]
             name = renames[inner["name"]] = f"{WRAPPER_PREFIX}{inner['name']}"
+            if layer["name"] in folds:
+                renames[folds[layer["name"]]] = name
             layer = {"class_name": "TensorRTQuantizeWrapper", "name": name, "inbound_nodes": layer["inbound_nodes"],
                      "config": {"name": name, "trainable": inner.get("trainable", True), "dtype": inner["dtype"],
                                 "layer": {"class_name": layer["class_name"], "config": inner},
                                 "quantize_config": {"class_name": "TensorRTWeightQuantization", "config": {}}}}
         layers.append(layer)
     quantized = _model_from_layers(config, layers, renames, custom_objects)
+    by_name = {layer.name: layer for layer in model.layers}
     for layer in model.layers:
-        for name, value in _variables(layer).items():
-            _variables(quantized.get_layer(renames.get(layer.name, layer.name)))[name].assign(value)
+        if layer.name in folds.values():
+            continue
+        values = {name: variable.numpy() for name, variable in _variables(layer).items()}
+        if layer.name in folds:
+            k, shift = _batch_norm_factors(by_name[folds[layer.name]])
+            values["bias"] = (values.get("bias", np.zeros_like(k)) * k + shift).astype(np.float32)
+            values["kernel"] = (values["kernel"] * k).astype(np.float32)
+        target = _variables(quantized.get_layer(renames.get(layer.name, layer.name)))
+        for name, value in values.items():
+            target[name].assign(value)
     return quantized
 
 
@@ -274,33 +334,20 @@ class TrainedScales:
 
 
 def deployable_model(model, custom_objects):
-    """(Keras model, TrainedScales): the QAT `model` in inference mode in the form
-    TensorRT runs it, for export. Each wrapped Conv2D/Dense becomes a plain layer whose kernel is
-    exactly INT8 values x per-channel scale, with a BatchNorm that follows it folded in (see the
-    module docstring); the TensorQuantize layers keep their ranges and emit `export_quantize`. The
-    weight scales are keyed by `kernel_digest` of the kernel, which survives ONNX's layouts."""
+    """(Keras model, TrainedScales): the QAT `model` in inference mode in the form TensorRT runs it,
+    for export. Each wrapped Conv2D/Dense becomes a plain layer whose kernel is exactly its INT8
+    values x per-channel scale (BatchNorm was folded in at conversion); the TensorQuantize layers
+    keep their ranges and emit `export_quantize`. The weight scales are keyed by `kernel_digest` of
+    the kernel, which survives ONNX's layouts."""
     config = model.get_config()
-    by_name = {layer.name: layer for layer in model.layers}
-    readers = {}
-    for layer in config["layers"]:
-        for node in layer["inbound_nodes"]:
-            for reference in node:
-                readers.setdefault(reference[0], []).append(layer["name"])
-    layers, renames, folded = [], {}, {}
+    layers, renames = [], {}
     for layer in config["layers"]:
         _rename_inputs(layer, renames)
         if layer["class_name"] == "TensorRTQuantizeWrapper":
-            inner = dict(layer["config"]["layer"]["config"], use_bias=True)
+            inner = layer["config"]["layer"]["config"]
             renames[layer["name"]] = inner["name"]
-            follower = readers.get(layer["name"], [])
-            if (len(follower) == 1 and inner.get("activation", "linear") == "linear"
-                    and isinstance(by_name[follower[0]], tf.keras.layers.BatchNormalization)):
-                folded[layer["name"]] = follower[0]
-                renames[follower[0]] = inner["name"]
             layer = {"class_name": layer["config"]["layer"]["class_name"], "name": inner["name"],
                      "config": inner, "inbound_nodes": layer["inbound_nodes"]}
-        elif layer["name"] in folded.values():
-            continue
         elif layer["class_name"] == "TensorQuantize":
             layer["config"]["for_export"] = True
         layers.append(layer)
@@ -310,16 +357,11 @@ def deployable_model(model, custom_objects):
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2):
             variables = _variables(layer)
             integers, scale = weight_integers(variables["kernel"])
-            bias = variables["bias"].numpy() if "bias" in variables else np.zeros_like(scale)
-            if layer.name in folded:
-                k, shift = _batch_norm_factors(by_name[folded[layer.name]])
-                integers = (integers * np.sign(k).astype(np.int8)).astype(np.int8)
-                scale = np.where(k != 0, scale * np.abs(k), scale).astype(np.float32)
-                bias = (bias * k + shift).astype(np.float32)
             kernel = integers.astype(np.float32) * scale
             scales[kernel_digest(kernel)] = scale
-            deployable.get_layer(layer.layer.name).set_weights([kernel, bias])
-        elif layer.weights and layer.name not in folded.values():
+            deployable.get_layer(layer.layer.name).set_weights(
+                [kernel] + ([variables["bias"].numpy()] if "bias" in variables else []))
+        elif layer.weights:
             deployable.get_layer(layer.name).set_weights(layer.get_weights())
     activations = [activation_scale(layer.amax).numpy() for layer in model.layers if isinstance(layer, TensorQuantize)]
     return deployable, TrainedScales(weights=scales, activations=activations)

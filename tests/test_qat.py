@@ -32,9 +32,13 @@ def test_qat_model_structure_and_training(tmp_path):
     assert sorted(quantize.fake_quant_layers(qat)) == sorted(convs)
     for name in ("proposal", "roi_pooling", "rcnn_class", "rcnn_regress"):
         assert not isinstance(qat.get_layer(name), quantize.tfmot.quantization.keras.QuantizeWrapperV2)
-    for name in ("conv1", "block_4b_conv_2", "dense_class_td"):  # float weights carried over
-        kernel = qat.get_layer(f"quant_{name}").weights[0]
-        np.testing.assert_array_equal(kernel.numpy(), model.get_layer(name).kernel.numpy())
+    assert not [layer for layer in qat.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    for name, batch_norm in (("conv1", "bn_conv1"), ("block_4b_conv_2", "block_4b_bn_2")):  # BN folded in
+        gamma, _, _, variance = model.get_layer(batch_norm).get_weights()
+        np.testing.assert_allclose(qat.get_layer(f"quant_{name}").weights[0].numpy(),
+                                   model.get_layer(name).kernel.numpy() * gamma / np.sqrt(variance + 1e-3), rtol=1e-6)
+    np.testing.assert_array_equal(qat.get_layer("quant_dense_class_td").weights[0].numpy(),
+                                  model.get_layer("dense_class_td").kernel.numpy())  # float weights carried over
     # one activation quantizer per tensor a conv/dense or a residual add reads: the image, 8 x 4 per
     # sub-block (conv_2's input, both add inputs, the output), the RPN conv's output, the crop, the pooled features
     quantizers = quantize.activation_quantizers(qat)

@@ -1,5 +1,6 @@
-"""TensorRT's INT8 arithmetic in training: the fake quantizers against onnxruntime's Q/DQ, per-channel
-weights, BatchNorm folding, and the export of a small QAT network to explicit Q/DQ."""
+"""TensorRT's INT8 arithmetic in training: power-of-two scales, the fake quantizers against onnxruntime's
+Q/DQ, per-channel weights, BatchNorm folded at conversion, and a small QAT network whose exported Q/DQ
+graph onnxruntime runs to the same numbers bit for bit."""
 import numpy as np
 import onnx
 import onnxruntime
@@ -9,6 +10,7 @@ import tf2onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from frcnn_tf import quantize
+from frcnn_tf.detectors import onnx_session
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import onnx_graph, tensorrt_rules
 
@@ -38,6 +40,15 @@ def test_fake_quantize_by_hand():
     np.testing.assert_array_equal(tape.gradient(output, values).numpy(), [1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
 
 
+def test_power_of_two_at_least_by_hand():
+    values = np.array([1.0, 0.75, 0.01, 3.0, 2.0 ** -20, np.nextafter(np.float32(1), np.float32(2)), 1e-14],
+                      np.float32)
+    expected = np.array([1.0, 1.0, 2.0 ** -6, 4.0, 2.0 ** -20, 2.0, 2.0 ** -46], np.float32)  # 2^-47 = 7.1e-15
+    np.testing.assert_array_equal(quantize.power_of_two_at_least(values).numpy(), expected)
+    # amax 1.27 -> 0.01 per step -> 2^-6 = 0.015625; amax 127 -> exactly 1
+    np.testing.assert_array_equal(quantize.activation_scale(tf.constant([1.27, 127.0])).numpy(), [2.0 ** -6, 1.0])
+
+
 def test_tensor_quantize_equals_onnxruntime_qdq_bit_for_bit():
     layer = quantize.TensorQuantize()
     rng = np.random.default_rng(0)
@@ -47,6 +58,7 @@ def test_tensor_quantize_equals_onnxruntime_qdq_bit_for_bit():
     layer(2 * first, training=True)  # then a moving average with decay 0.99
     np.testing.assert_allclose(layer.amax.numpy(), 1.01 * np.abs(first).max(), rtol=1e-6)
     scale = quantize.activation_scale(layer.amax).numpy()
+    assert scale == 2.0 ** np.ceil(np.log2(layer.amax.numpy() / 127))  # a power of two
     # values on exact half steps, beyond the range, and ordinary ones
     values = np.concatenate([rng.normal(0, 4, 5000), (np.arange(-140, 140) + 0.5) * scale,
                              [1e6, -1e6, 0.0]]).astype(np.float32).reshape(1, 1, -1, 1)
@@ -59,8 +71,10 @@ def test_tensor_quantize_equals_onnxruntime_qdq_bit_for_bit():
 def test_weights_per_output_channel_narrow_range_by_hand():
     kernel = np.array([[0.5, 0.003], [-1.27, 0.0]], np.float32)  # Dense [in 2, out 2]
     integers, scale = quantize.weight_integers(kernel)
-    np.testing.assert_allclose(scale, [0.01, 0.003 / 127], rtol=1e-6)
-    np.testing.assert_array_equal(integers, [[50, 127], [-127, 0]])
+    # max|w| / 127 = 0.01 and 2.36e-5 -> powers of two 2^-6 and 2^-15; 0.5 * 64 = 32, -1.27 * 64 = -81.28,
+    # 0.003 * 32768 = 98.3
+    np.testing.assert_array_equal(scale, [2.0 ** -6, 2.0 ** -15])
+    np.testing.assert_array_equal(integers, [[32, 98], [-81, 0]])
     fake = quantize.PerChannelWeightQuantizer()(tf.constant(kernel), True, {}).numpy()
     np.testing.assert_array_equal(fake, integers * scale)  # what training multiplies with
 
@@ -83,37 +97,38 @@ def _conv_bn_model():
     return model
 
 
-def test_qat_conversion_places_quantizers_where_tensorrt_reads_int8():
+def test_qat_conversion_folds_batch_norm_and_places_quantizers_where_tensorrt_reads_int8():
     float_model = _conv_bn_model()
     qat = quantize.quantize_model(float_model, {})
     assert sorted(quantize.fake_quant_layers(qat)) == ["conv", "head", "shortcut"]
+    assert not [layer for layer in qat.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
     # one per tensor a conv or the residual add reads: the image (conv and shortcut share it), the ReLU, both add inputs
     assert sorted(quantize.activation_quantizers(qat)) == ["head_quantize", "image_quantize",
                                                           "relu_quantize", "shortcut_quantize"]
-    np.testing.assert_array_equal(qat.get_layer("quant_conv").weights[0].numpy(),
-                                  float_model.get_layer("conv").kernel.numpy())  # weights kept
+    gamma, beta, mean, variance = float_model.get_layer("bn").get_weights()
+    k = gamma / np.sqrt(variance + 1e-3)  # Keras' epsilon 1e-3
+    kernel, bias = qat.get_layer("quant_conv").get_weights()[:2]
+    np.testing.assert_allclose(kernel, float_model.get_layer("conv").kernel.numpy() * k, rtol=1e-6)
+    np.testing.assert_allclose(bias, beta - mean * k, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(qat.get_layer("quant_head").get_weights()[0],
+                                  float_model.get_layer("head").kernel.numpy())  # other weights kept
     assert quantize.is_quantized(qat) and not quantize.is_quantized(float_model)
+    # before quantization the folded model is the float model in inference mode
+    head = tf.keras.Model(float_model.input, float_model.get_layer("relu").output)
+    images = np.random.default_rng(3).normal(0, 1, [2, 6, 6, 3]).astype(np.float32)
+    folded = tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "SAME") + bias).numpy()
+    np.testing.assert_allclose(folded, head(images, training=False).numpy(), atol=1e-5)
 
 
-def test_batch_norm_folding_keeps_the_trained_integers():
+def test_the_exported_qdq_graph_computes_what_training_computed_bit_for_bit():
     qat = quantize.quantize_model(_conv_bn_model(), {})
-    images = np.random.default_rng(2).normal(0, 1, [8, 6, 6, 3]).astype(np.float32)
+    rng = np.random.default_rng(2)
+    images = rng.normal(0, 1, [8, 6, 6, 3]).astype(np.float32)
     qat(images, training=True)
     deployable, trained_scales = quantize.deployable_model(qat, {})
-    assert "bn" not in [layer.name for layer in deployable.layers]
     trained_integers, trained_scale = quantize.weight_integers(qat.get_layer("quant_conv").weights[0])
-    gamma, beta, mean, variance = qat.get_layer("bn").get_weights()
-    k = gamma / np.sqrt(variance + 1e-3)
-    kernel, bias = deployable.get_layer("conv").get_weights()
-    folded_integers, folded_scale = quantize.weight_integers(kernel)
-    # the folded conv's INT8 weights are the trained ones, sign-flipped where gamma < 0; scale |k| x trained
-    np.testing.assert_array_equal(folded_integers[..., [0, 1, 3]],
-                                  (trained_integers * np.sign(k).astype(np.int8))[..., [0, 1, 3]])
-    np.testing.assert_allclose(folded_scale[[0, 1, 3]], (trained_scale * np.abs(k))[[0, 1, 3]], rtol=1e-6)
-    assert not folded_integers[..., 2].any()  # gamma 0: the channel is 0
-    np.testing.assert_allclose(bias, beta - mean * k, rtol=1e-5, atol=1e-6)
-    export_form = deployable(images).numpy()  # TensorFlow's QuantizeAndDequantizeV2 may differ in a last bit
-    np.testing.assert_allclose(export_form, qat(images, training=False).numpy(), atol=1e-3)
+    kernel, _ = deployable.get_layer("conv").get_weights()
+    np.testing.assert_array_equal(kernel, trained_integers * trained_scale)  # the trained INT8 weights, exactly
 
     proto, _ = tf2onnx.convert.from_keras(deployable, input_signature=(tf.TensorSpec([None, 6, 6, 3], tf.float32,
                                                                                      name="image"),), opset=17)
@@ -135,10 +150,12 @@ def test_batch_norm_folding_keeps_the_trained_integers():
     assert all(initializers[n.input[0]].dtype == np.int8 and initializers[n.input[1]].ndim == 1 for n in weights)
     assert len(weights) == 3
     conv_weight = next(initializers[n.input[0]] for n in weights if initializers[n.input[0]].shape == (4, 3, 3, 3))
-    np.testing.assert_array_equal(conv_weight, folded_integers.transpose(3, 2, 0, 1))
-    session = onnxruntime.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(None, {"image": images})[0], qat(images, training=False).numpy(),
-                               atol=2e-5)
+    np.testing.assert_array_equal(conv_weight, trained_integers.transpose(3, 2, 0, 1))
+    # onnxruntime as frcnn_tf runs Q/DQ graphs (no QDQ fusion) and the Keras QAT model: the same float32
+    # numbers, bit for bit (with scales that are not powers of two, 2e-5 apart and diverging with depth)
+    trained_output = qat(images, training=False).numpy() + np.float32(0)  # -0.0 -> +0.0
+    deployed = onnx_session(quantized.SerializeToString()).run(None, {"image": images})[0]
+    np.testing.assert_array_equal(deployed.view(np.uint32), trained_output.view(np.uint32))
 
 
 def test_a_quantizer_scale_that_is_not_a_trained_one_is_refused():

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from frcnn_tf.data.images import image_dataset, list_images
 from frcnn_tf.data.pipeline import InputPipeline, image_problem
-from frcnn_tf.detectors import KerasDetector, split_detections
+from frcnn_tf.detectors import KerasDetector, onnx_session, split_detections
 from frcnn_tf import metrics, quantize
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import calibration, onnx_graph, tensorrt_rules, tf2onnx_handlers
@@ -49,6 +49,7 @@ STABLE_OPTIMIZERS = {name: optimizer for name, optimizer in tf2onnx_optimizers._
 CONFIDENT = 0.5  # share of the best score from which reference detections must be found again (check_int8)
 AGREEMENT_MIN = 0.5  # PTQ whose mAP against FP32's strong detections is lower is refused
 TRUSTED_SCORE = 0.5  # ... unless FP32's best detection scores lower (an untrained model: the check cannot judge)
+QAT_MATCH_MIN = 0.95  # QAT: share of the Keras QAT model's detections (and back) the INT8 graph must reproduce
 GENERATED_NAME = re.compile(r"__(\d+)(?=:\d+$|$|/)")  # tf2onnx's make_name suffix
 
 
@@ -240,11 +241,8 @@ class TensorRange:
 
 def calibrate(proto, batches):
     """{tensor: calibration.AbsHistogram} of the body's activation tensors of a float graph over the batches."""
-    import onnxruntime
-
     names = onnx_graph.body_tensors(proto.graph)
-    session = onnxruntime.InferenceSession(onnx_graph.with_outputs(proto, names).SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_graph.with_outputs(proto, names).SerializeToString())
     histograms = {name: calibration.AbsHistogram() for name in names}
     seen = 0
     for images in tqdm(batches, desc="calibration", unit="batch", disable=None):
@@ -280,13 +278,10 @@ def clipping_report(ranges, count=5):
 def divergence_report(proto, quantized, images, count=3):
     """Lines naming the `count` body tensors whose values in the INT8 graph differ most from the FP32
     graph's on `images` (relative RMS error, errors accumulated from the input on)."""
-    import onnxruntime
-
     names = [name for name in onnx_graph.body_tensors(proto.graph) if name != "input_image"]
     values = []
     for graph in (proto, quantized):
-        session = onnxruntime.InferenceSession(onnx_graph.with_outputs(graph, names).SerializeToString(),
-                                               providers=["CPUExecutionProvider"])
+        session = onnx_session(onnx_graph.with_outputs(graph, names).SerializeToString())
         values.append(session.run(names, {"input_image": np.asarray(images, np.float32)}))
     errors = {name: float(np.linalg.norm(int8 - fp32) / max(np.linalg.norm(fp32), 1e-12))
               for name, fp32, int8 in zip(names, *values)}
@@ -295,9 +290,7 @@ def divergence_report(proto, quantized, images, count=3):
 
 
 def _onnx_detections(proto, images):
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnx_session(proto.SerializeToString())
     return split_detections(*session.run(None, {"input_image": np.asarray(images, np.float32)}))
 
 
@@ -395,8 +388,13 @@ def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=N
         if held_back is None:
             logging.warning("not checking the INT8 model against the Keras QAT model (no images)")
             return quantized, scales, "qat", {}
-        return quantized, scales, "qat", check_int8(qat_detector(held_back), quantized, held_back, class_count,
-                                                    "the Keras QAT model")
+        summary = check_int8(qat_detector(held_back), quantized, held_back, class_count, "the Keras QAT model")
+        if min(summary["matched"], summary["matched_back"]) < QAT_MATCH_MIN:  # the same arithmetic: a defect
+            raise FrcnnError(f"the INT8 graph reproduces {100 * summary['matched']:.1f}% of the Keras QAT model's "
+                             f"detections on {len(held_back)} held-back images ({100 * summary['matched_back']:.1f}% "
+                             f"back), below {100 * QAT_MATCH_MIN:.0f}%: it does not compute what QAT trained; "
+                             "nothing is written. Please report this with the model")
+        return quantized, scales, "qat", summary
     batches, held_back = calibration_batches(spec, options, image_paths)
     return _calibrated_int8(proto, batches, held_back, class_count, options)
 
