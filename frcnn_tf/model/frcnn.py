@@ -16,7 +16,7 @@ import tensorflow as tf
 from frcnn_tf import boxes as box_ops
 from frcnn_tf import quantize, schedules, targets
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.model import layers, resnet
+from frcnn_tf.model import conv_gradients, layers, resnet
 from frcnn_tf.proto import regularizer_config_pb2
 from frcnn_tf.settings import ProposalSettings
 from frcnn_tf.spec.derived import class_names, input_shape
@@ -183,6 +183,7 @@ class FasterRCNN:
 
     def __init__(self, model, *, train_proposals=None, rpn_sampling=None, roi_sampling=None):
         self.model = model
+        conv_gradients.use_forward_input_gradients(model)  # the same gradients, 1.x-5x faster on CPU
         self.train_proposals, self.rpn_sampling, self.roi_sampling = train_proposals, rpn_sampling, roi_sampling
         crop = model.get_layer("roi_pooling")
         features, crop_output = crop.input[0], crop.output
