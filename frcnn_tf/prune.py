@@ -54,18 +54,12 @@ def filter_norms(layer):
     return np.sqrt(np.sum(kernel.reshape(-1, kernel.shape[-1]) ** 2, axis=0))
 
 
-def bn_scale(bn):
-    """|gamma| / sqrt(moving_variance + epsilon) per channel: the factor BN folds into the kernel."""
-    gamma = np.abs(bn.gamma.numpy()) if bn.scale else 1.0
-    return gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
-
-
 def filter_scores(layer, consumers, score):
-    """Per-filter score of `layer`: its kernel norms, times the BN scale when score is bn_folded and
-    the layer's only consumer is a BatchNormalization."""
+    """Per-filter score of `layer`: its kernel norms, times |k| of BN(x) = k x + shift (the factor BN
+    folds into the kernel) when score is bn_folded and the layer's only consumer is a BatchNormalization."""
     norms = filter_norms(layer)
     if score == "bn_folded" and len(consumers) == 1 and isinstance(consumers[0], tf.keras.layers.BatchNormalization):
-        return norms * bn_scale(consumers[0])
+        return norms * np.abs(quantize.batch_norm_factors(consumers[0])[0])
     return norms
 
 

@@ -75,8 +75,11 @@ def test_weights_per_output_channel_narrow_range_by_hand():
     # 0.003 * 32768 = 98.3
     np.testing.assert_array_equal(scale, [2.0 ** -6, 2.0 ** -15])
     np.testing.assert_array_equal(integers, [[32, 98], [-81, 0]])
-    fake = quantize.PerChannelWeightQuantizer()(tf.constant(kernel), True, {}).numpy()
-    np.testing.assert_array_equal(fake, integers * scale)  # what training multiplies with
+    # Training quantizes kernel x channel_scale (the folded BatchNorm's k): here half the kernel's first
+    # column times 2, which is the kernel above exactly (powers of two scale without rounding).
+    half = kernel * np.array([0.5, 1.0], np.float32)
+    fake = quantize.PerChannelWeightQuantizer()(tf.constant(half), True, {"channel_scale": tf.constant([2.0, 1.0])})
+    np.testing.assert_array_equal(fake.numpy(), integers * scale)  # what training multiplies with
 
 
 def _conv_bn_model():
@@ -107,11 +110,16 @@ def test_qat_conversion_folds_batch_norm_and_places_quantizers_where_tensorrt_re
                                                           "relu_quantize", "shortcut_quantize"]
     gamma, beta, mean, variance = float_model.get_layer("bn").get_weights()
     k = gamma / np.sqrt(variance + 1e-3)  # Keras' epsilon 1e-3
-    kernel, bias = qat.get_layer("quant_conv").get_weights()[:2]
+    variables = quantize._variables(qat.get_layer("quant_conv"))
+    # the kernel keeps its values and k becomes the trainable channel scale (BatchNorm's conditioning)
+    np.testing.assert_array_equal(variables["kernel"].numpy(), float_model.get_layer("conv").kernel.numpy())
+    np.testing.assert_allclose(variables["kernel_channel_scale"].numpy(), k, rtol=1e-6)
+    assert any(v is variables["kernel_channel_scale"] for v in qat.trainable_variables)
+    kernel, bias = quantize.folded_kernel(qat.get_layer("quant_conv")), variables["bias"].numpy()
     np.testing.assert_allclose(kernel, float_model.get_layer("conv").kernel.numpy() * k, rtol=1e-6)
     np.testing.assert_allclose(bias, beta - mean * k, rtol=1e-5, atol=1e-7)
-    np.testing.assert_array_equal(qat.get_layer("quant_head").get_weights()[0],
-                                  float_model.get_layer("head").kernel.numpy())  # other weights kept
+    np.testing.assert_array_equal(quantize.folded_kernel(qat.get_layer("quant_head")),
+                                  float_model.get_layer("head").kernel.numpy())  # other weights kept, scale 1
     assert quantize.is_quantized(qat) and not quantize.is_quantized(float_model)
     # before quantization the folded model is the float model in inference mode
     head = tf.keras.Model(float_model.input, float_model.get_layer("relu").output)
@@ -126,7 +134,7 @@ def test_the_exported_qdq_graph_computes_what_training_computed_bit_for_bit():
     images = rng.normal(0, 1, [8, 6, 6, 3]).astype(np.float32)
     qat(images, training=True)
     deployable, trained_scales = quantize.deployable_model(qat, {})
-    trained_integers, trained_scale = quantize.weight_integers(qat.get_layer("quant_conv").weights[0])
+    trained_integers, trained_scale = quantize.weight_integers(quantize.folded_kernel(qat.get_layer("quant_conv")))
     kernel, _ = deployable.get_layer("conv").get_weights()
     np.testing.assert_array_equal(kernel, trained_integers * trained_scale)  # the trained INT8 weights, exactly
 
@@ -175,3 +183,15 @@ def test_tfmot_default_scheme_is_refused():
     with pytest.raises(FrcnnError, match="m.hdf5: a QAT model of tfmot's default 8-bit scheme"):
         quantize.check_scheme(legacy, "m.hdf5")
     quantize.check_scheme(quantize.quantize_model(_conv_bn_model(), {}), "m.hdf5")
+
+
+def test_a_qat_model_with_batch_norm_multiplied_into_its_kernels_is_refused():
+    config = quantize.quantize_model(_conv_bn_model(), {}).get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "TensorRTQuantizeWrapper":
+            layer["config"]["quantize_config"]["config"] = {}  # stop 24's checkpoints: no channel_scale
+    with quantize.quantize_scope({}):
+        earlier = tf.keras.Model.from_config(config)
+    assert "kernel_channel_scale" not in quantize._variables(earlier.get_layer("quant_conv"))
+    with pytest.raises(FrcnnError, match="m.hdf5: a QAT model of an earlier frcnn_tf scheme .BatchNorm multiplied"):
+        quantize.check_scheme(earlier, "m.hdf5")

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from frcnn_tf import sample_data
-from frcnn_tf.quickstart import QuickstartOptions, format_summary, run_quickstart
+from frcnn_tf.quickstart import QuickstartOptions, format_summary, native_bfloat16, run_quickstart
 from frcnn_tf.spec import load_experiment_spec
 
 
@@ -51,6 +51,10 @@ def test_whole_workflow_at_tiny_size(tmp_path):
     assert (regularizers[0].bn_gamma_l1_weight, regularizers[0].bn_gamma_polarization) == (
         np.float32(options.sparsity_weight), 1.0)
     assert regularizers[1].bn_gamma_l1_weight == 0
+    # The from-scratch recipe: ground-truth boxes join the proposals, 16 RoIs per image.
+    for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt"):
+        spec = load_experiment_spec(os.path.join(artifacts["specs"], name))
+        assert spec.training_config.gt_as_roi and spec.model_config.roi_mini_batch == 16
     # Both specs train with the fitted anchor scales the summary names.
     scales = [list(load_experiment_spec(os.path.join(artifacts["specs"], name)).model_config.anchor_box_config.scale)
               for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt")]
@@ -71,3 +75,14 @@ def test_whole_workflow_at_tiny_size(tmp_path):
 def sample_data_image(tmp_path, seed):
     sample_data.generate(str(tmp_path / f"seed{seed}"), num_images=1, seed=seed)
     return (tmp_path / f"seed{seed}" / "images" / "000000.jpg").read_bytes()
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 fma avx512f avx512_vnni", False),
+                                           ("fpu avx512f avx512_bf16 avx512_vnni", True),
+                                           ("fpu avx512f amx_bf16 amx_tile amx_int8", True),
+                                           ("fpu avx2 fma", False)])
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert native_bfloat16(str(cpuinfo)) is native
+    assert native_bfloat16(str(tmp_path / "missing")) is False

@@ -7,12 +7,13 @@ flags.DEFINE_string("workdir", "workdir", "Where data, specs, models and reports
 flags.DEFINE_string("data_dir", None, "A KITTI folder (images/, labels/) to use instead of generated data.")
 flags.DEFINE_integer("num_images", 300, "Generated sample images.")
 flags.DEFINE_integer("epochs", 6, "Training epochs.")
-flags.DEFINE_integer("qat_epochs", 4, "QAT retraining epochs.")
+flags.DEFINE_integer("qat_epochs", 1, "QAT retraining epochs.")
 flags.DEFINE_integer("max_steps_per_epoch", None, "Cap on steps per epoch (smoke runs).")
 flags.DEFINE_integer("image_height", 192, "Network input height (px).")
 flags.DEFINE_integer("image_width", 320, "Network input width (px).")
-flags.DEFINE_integer("batch_size", 4, "Training batch size.")
-flags.DEFINE_bool("use_amp", True, "bfloat16 compute for the float training (TLT's --use_amp).")
+flags.DEFINE_integer("batch_size", 1, "Training batch size.")
+flags.DEFINE_bool("use_amp", None, "bfloat16 compute for the float training (TLT's --use_amp); default: where\n"
+                  "the CPU has native bfloat16 (AVX512_BF16 or AMX-BF16), else float32.")
 flags.DEFINE_integer("seed", 0, "Seed of the sample data and the training.")
 FLAGS = flags.FLAGS
 
