@@ -35,9 +35,9 @@ def test_qat_model_structure_and_training(tmp_path):
     assert not [layer for layer in qat.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
     for name, batch_norm in (("conv1", "bn_conv1"), ("block_4b_conv_2", "block_4b_bn_2")):  # BN folded in
         gamma, _, _, variance = model.get_layer(batch_norm).get_weights()
-        np.testing.assert_allclose(qat.get_layer(f"quant_{name}").weights[0].numpy(),
+        np.testing.assert_allclose(quantize.folded_kernel(qat.get_layer(f"quant_{name}")),
                                    model.get_layer(name).kernel.numpy() * gamma / np.sqrt(variance + 1e-3), rtol=1e-6)
-    np.testing.assert_array_equal(qat.get_layer("quant_dense_class_td").weights[0].numpy(),
+    np.testing.assert_array_equal(quantize.folded_kernel(qat.get_layer("quant_dense_class_td")),
                                   model.get_layer("dense_class_td").kernel.numpy())  # float weights carried over
     # one activation quantizer per tensor a conv/dense or a residual add reads: the image, 8 x 4 per
     # sub-block (conv_2's input, both add inputs, the output), the RPN conv's output, the crop, the pooled features

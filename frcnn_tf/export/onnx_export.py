@@ -311,10 +311,25 @@ def agreement(reference, candidate, class_count):
     return metrics.evaluate(candidate, truths, [str(i) for i in range(class_count)])["map"]
 
 
-def check_int8(expected, int8_proto, held_back, class_count, label):
+def without_score_ties(detections):
+    """Per-image detections without those whose class and float32 score equal another's: NMS keeps
+    one of equally scored overlapping boxes by its own order, which TensorFlow and onnxruntime do
+    not share (seen on an untrained QAT model: 15 of 36 detections at one saturated score)."""
+    kept = []
+    for found in detections:
+        keys = list(zip(np.asarray(found["classes"]).tolist(), np.asarray(found["scores"], np.float32).tolist()))
+        unique = np.array([keys.count(key) == 1 for key in keys], bool)
+        kept.append({name: np.asarray(values)[unique] for name, values in found.items()})
+    return kept
+
+
+def check_int8(expected, int8_proto, held_back, class_count, label, untied=False):
     """Summary of how the INT8 graph's detections on the held-back images reproduce `expected`, the
-    reference's on them (FP32 ONNX detections for PTQ, the Keras QAT model's for QAT), logged."""
+    reference's on them (FP32 ONNX detections for PTQ, the Keras QAT model's for QAT), logged.
+    untied: compare only detections without a score tie (without_score_ties), on both sides."""
     found = _onnx_detections(int8_proto, held_back)
+    if untied:
+        expected, found = without_score_ties(expected), without_score_ties(found)
     score = agreement(expected, found, class_count)
     summary = {"images": len(held_back), "reference_best_score": round(_best_score(expected), 4),
                "matched": round(metrics.matched_share(expected, found), 4),
@@ -388,7 +403,8 @@ def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=N
         if held_back is None:
             logging.warning("not checking the INT8 model against the Keras QAT model (no images)")
             return quantized, scales, "qat", {}
-        summary = check_int8(qat_detector(held_back), quantized, held_back, class_count, "the Keras QAT model")
+        summary = check_int8(qat_detector(held_back), quantized, held_back, class_count, "the Keras QAT model",
+                             untied=True)
         if min(summary["matched"], summary["matched_back"]) < QAT_MATCH_MIN:  # the same arithmetic: a defect
             raise FrcnnError(f"the INT8 graph reproduces {100 * summary['matched']:.1f}% of the Keras QAT model's "
                              f"detections on {len(held_back)} held-back images ({100 * summary['matched_back']:.1f}% "
