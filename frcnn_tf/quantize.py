@@ -110,18 +110,15 @@ class PerChannelWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return isinstance(other, PerChannelWeightQuantizer)
 
 
-class FixedKernelWeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+class FixedKernelWeightQuantizer(PerChannelWeightQuantizer):
     """The weight quantizer of stop 24's QAT checkpoints (BatchNorm multiplied into the kernel
-    variable), kept only so that check_scheme can load and refuse them with what to do."""
+    variable, no channel_scale), kept only so that check_scheme can load and refuse them."""
 
     def build(self, tensor_shape, name, layer):
         return {}
 
     def __call__(self, inputs, training, weights, **kwargs):
-        return fake_quantize(inputs, weight_scale(inputs), -WEIGHT_INT8_MAX, WEIGHT_INT8_MAX)
-
-    def get_config(self):
-        return {}
+        return super().__call__(inputs, training, {CHANNEL_SCALE: 1.0}, **kwargs)
 
 
 class TensorRTWeightQuantization(tfmot.quantization.keras.QuantizeConfig):

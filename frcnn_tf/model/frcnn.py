@@ -183,7 +183,7 @@ class FasterRCNN:
 
     def __init__(self, model, *, train_proposals=None, rpn_sampling=None, roi_sampling=None):
         self.model = model
-        conv_gradients.use_forward_input_gradients(model)  # the same gradients, 1.x-5x faster on CPU
+        conv_gradients.use_forward_input_gradients(model)  # the same gradients, faster on CPU
         self.train_proposals, self.rpn_sampling, self.roi_sampling = train_proposals, rpn_sampling, roi_sampling
         crop = model.get_layer("roi_pooling")
         features, crop_output = crop.input[0], crop.output
