@@ -10,7 +10,6 @@ import os
 import platform
 import time
 
-import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
@@ -31,21 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def macs(model, rois):
-    frcnn = FasterRCNN(model)
-    per_roi = {layer.name for layer in frcnn.head.layers}
-    total = 0
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
-        if isinstance(inner, tf.keras.layers.Conv2D):
-            _, height, width, out = layer.output.shape
-            kernel = int(np.prod(inner.kernel_size)) * layer.input.shape[-1]
-            count = height * width * kernel * out
-        elif isinstance(inner, tf.keras.layers.Dense):
-            count = layer.input.shape[-1] * inner.units
-        else:
-            continue
-        total += count * (rois if layer.name in per_roi else 1)
-    return int(total)
+    return FasterRCNN(model).multiply_accumulates(rois)["total"]
 
 
 def seconds_per_image(model, spec, runs):

@@ -4,8 +4,8 @@
   python bench/run_all.py [--workdir workdir] [--quick]
 Uses the models of a main-job run in --workdir (`bin/quickstart.py --workdir DIR`), running
 the main job first if that folder has none. Benchmarks: dataset_convert images/s (on the
-workdir's data), training s/image and inference s/image at 384x1248 (train_step, FP32 and
---use_amp), inference ms/image of the Keras model and its ONNX FP32/FP16/INT8 exports
+workdir's data), training s/image and inference s/image at 384x1248 (train_step, fp32 and
+bf16, beside the torch peer when PEER_PYTHON is set), inference ms/image of the Keras model and its ONNX FP32/FP16/INT8 exports
 (onnxruntime), and pruning parameters/MACs/speedups. --quick runs fewer steps.
 """
 import json
@@ -50,7 +50,6 @@ def main(argv):
     results = [
         _run("bench/dataset_convert.py", "--data_dir", data_dir),
         _run("bench/train_step.py", *steps, "--batch_sizes", "1"),
-        _run("bench/train_step.py", *steps, "--batch_sizes", "1", "--use_amp"),
         _run("bench/inference_speed.py", "-e", train_spec, "-m", str(models[-1]),
              *[arg for precision in ("fp32", "fp16", "int8", "qat_int8")
                for arg in ("-m", str(export / f"frcnn_resnet18_{precision}.onnx"))],

@@ -7,6 +7,7 @@ Every stage calls the same function as its bin/ script; the specs it derives
 from specs/ are written to <workdir>/specs so each stage can be rerun by hand.
 """
 import dataclasses
+import fnmatch
 import importlib.resources
 import os
 import pathlib
@@ -77,7 +78,28 @@ class QuickstartOptions:
     calibration_batches: int = 10  # of 8 images, as TLT's export defaults
     # Anchor scales from the training boxes (anchor_coverage: the spec's, or the best-fitting set).
     fit_anchors: bool = True
+    # --data_dir only: (fnmatch pattern, class) pairs folding the labels' classes, first match wins
+    # (e.g. (("red*", "red"), ("green*", "green"))); a class no pattern matches keeps its name.
+    class_map: tuple = ()
     seed: int = 0
+
+
+def parse_class_map(text):
+    """'red*=red,green*=green' -> (('red*', 'red'), ('green*', 'green')) (patterns lower-cased, as the
+    labels' classes are); raises ValueError naming the bad item."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        pattern, equals, target = (part.strip() for part in item.partition("="))
+        if not equals or not pattern or not target:
+            raise ValueError(f"class map item {item!r} is not PATTERN=CLASS (e.g. 'red*=red')")
+        pairs.append((pattern.lower(), target.lower()))
+    return tuple(pairs)
+
+
+def fold_classes(classes, class_map):
+    """{label class: training class}: each class goes to the first pattern of class_map it matches."""
+    return {name: next((target for pattern, target in class_map if fnmatch.fnmatchcase(name, pattern)), name)
+            for name in classes}
 
 
 def _fit_anchors(*spec_paths):
@@ -122,7 +144,7 @@ def derive_specs(workdir, data_dir, options, classes):
     source.tfrecords_path = os.path.join(workdir, "tfrecords", "sample-fold-*")
     source.image_directory_path = data_dir
     train.dataset_config.target_class_mapping.clear()
-    train.dataset_config.target_class_mapping.update({name: name for name in classes})
+    train.dataset_config.target_class_mapping.update(fold_classes(classes, options.class_map))
     training = train.training_config
     training.num_epochs, training.batch_size_per_gpu = options.epochs, options.batch_size
     training.gt_as_roi = options.gt_as_roi

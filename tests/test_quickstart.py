@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 
 from frcnn_tf import sample_data
-from frcnn_tf.quickstart import QuickstartOptions, format_summary, native_bfloat16, run_quickstart
+from frcnn_tf.quickstart import (QuickstartOptions, derive_specs, fold_classes, format_summary, native_bfloat16,
+                                 parse_class_map, run_quickstart)
 from frcnn_tf.spec import load_experiment_spec
 
 
@@ -86,3 +87,19 @@ def test_native_bfloat16_reads_the_cpu_flags(tmp_path, flags, native):
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert native_bfloat16(str(cpuinfo)) is native
     assert native_bfloat16(str(tmp_path / "missing")) is False
+
+
+def test_class_map_folds_the_traffic_light_classes_first_match_wins(tmp_path):
+    class_map = parse_class_map(" Red*=red, green*=green,yellow*=yellow,,greenleft=never ")
+    assert class_map == (("red*", "red"), ("green*", "green"), ("yellow*", "yellow"), ("greenleft", "never"))
+    classes = ["green", "greenleft", "red", "redpeople", "yellowtime", "car"]
+    assert fold_classes(classes, class_map) == {"green": "green", "greenleft": "green", "red": "red",
+                                                "redpeople": "red", "yellowtime": "yellow", "car": "car"}
+    assert fold_classes(classes, ()) == {name: name for name in classes}
+    for bad in ("red*", "=red", "red*="):
+        with pytest.raises(ValueError, match="PATTERN=CLASS"):
+            parse_class_map(bad)
+    options = QuickstartOptions(class_map=(("red*", "red"), ("green*", "green")))
+    _, train_spec, _ = derive_specs(str(tmp_path), str(tmp_path / "data"), options, ["green", "greenleft", "red"])
+    mapping = load_experiment_spec(train_spec).dataset_config.target_class_mapping
+    assert dict(mapping) == {"green": "green", "greenleft": "green", "red": "red"}

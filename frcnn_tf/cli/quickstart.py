@@ -2,9 +2,12 @@
 from absl import flags
 
 from frcnn_tf.cli import run_main
+from frcnn_tf.errors import FrcnnError
 
 flags.DEFINE_string("workdir", "workdir", "Where data, specs, models and reports go.")
 flags.DEFINE_string("data_dir", None, "A KITTI folder (images/, labels/) to use instead of generated data.")
+flags.DEFINE_string("class_map", "", "With --data_dir: fold the labels' classes, comma-separated fnmatch\n"
+                    "patterns, first match wins: 'red*=red,green*=green,yellow*=yellow'.")
 flags.DEFINE_integer("num_images", 300, "Generated sample images.")
 flags.DEFINE_integer("epochs", 6, "Training epochs.")
 flags.DEFINE_integer("qat_epochs", 1, "QAT retraining epochs.")
@@ -20,12 +23,16 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from frcnn_tf.quickstart import QuickstartOptions, format_summary, run_quickstart
+    from frcnn_tf.quickstart import QuickstartOptions, format_summary, parse_class_map, run_quickstart
 
+    try:
+        class_map = parse_class_map(FLAGS.class_map)
+    except ValueError as err:
+        raise FrcnnError(f"--class_map: {err}") from None
     options = QuickstartOptions(num_images=FLAGS.num_images, image_height=FLAGS.image_height,
                                 image_width=FLAGS.image_width, epochs=FLAGS.epochs, qat_epochs=FLAGS.qat_epochs,
                                 batch_size=FLAGS.batch_size, max_steps_per_epoch=FLAGS.max_steps_per_epoch,
-                                use_amp=FLAGS.use_amp, seed=FLAGS.seed)
+                                use_amp=FLAGS.use_amp, class_map=class_map, seed=FLAGS.seed)
     for line in format_summary(*run_quickstart(FLAGS.workdir, FLAGS.data_dir, options)):
         print(line)
     return 0

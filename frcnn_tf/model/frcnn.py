@@ -11,6 +11,7 @@ The saved model maps a preprocessed image [B, H, W, C] to
 """
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from frcnn_tf import boxes as box_ops
@@ -194,6 +195,25 @@ class FasterRCNN:
         self.proposal = model.get_layer("proposal")
         self.crop = crop
         self.num_classes = getattr(classifier, "layer", classifier).units
+
+    def multiply_accumulates(self, rois):
+        """Multiply-accumulates of one image's forward: {'backbone_rpn', 'head_per_roi', 'total'}.
+
+        Conv2D and Dense layers only (output elements x kernel area x input channels, or input x
+        output features); the head runs once per RoI, rois of them (an int).
+        """
+        def count(model):
+            total = 0
+            for layer in model.layers:
+                inner = getattr(layer, "layer", layer)
+                if isinstance(inner, tf.keras.layers.Conv2D):
+                    _, height, width, out = layer.output.shape
+                    total += height * width * out * int(np.prod(inner.kernel_size)) * layer.input.shape[-1]
+                elif isinstance(inner, tf.keras.layers.Dense):
+                    total += layer.input.shape[-1] * inner.units
+            return int(total)
+        backbone_rpn, head_per_roi = count(self.backbone_rpn), count(self.head)
+        return {"backbone_rpn": backbone_rpn, "head_per_roi": head_per_roi, "total": backbone_rpn + rois * head_per_roi}
 
     def train_outputs(self, images, gt_boxes, gt_classes, seed, training=True, rows=None):
         """The two-stage forward with sampled targets (see TrainOutputs).
