@@ -24,6 +24,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from frcnn_tf import schedules
+from frcnn_tf.machine import cpu_description, speed_flags
 from frcnn_tf.model.frcnn import build_model
 from frcnn_tf.settings import DetectionSettings
 from frcnn_tf.spec import load_experiment_spec
@@ -124,31 +125,15 @@ def measure(spec, precision, rng):
     return row
 
 
-def cpu_model_and_flags(cpuinfo="/proc/cpuinfo"):
-    """(model name, the vector/matrix flags that matter here) of this CPU, from /proc/cpuinfo."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
-    name, flags_found = platform.processor() or platform.machine(), []
-    if os.path.exists(cpuinfo):
-        for line in open(cpuinfo, encoding="utf-8"):
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags_found = [f for f in wanted if f in value.split()]
-                break
-    return name, flags_found
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     spec = load_experiment_spec(FLAGS.spec)
     size = spec.model_config.input_image_config.size_height_width
-    cpu, cpu_flags = cpu_model_and_flags()
     result = {"benchmark": "train_step", "input": f"{size.height}x{size.width}", "arch": spec.model_config.arch,
               "roi_mini_batch": spec.model_config.roi_mini_batch, "cpus": os.cpu_count(), "threads": FLAGS.threads,
-              "cpu": cpu, "cpu_flags": cpu_flags, "machine": platform.machine(),
+              "cpu": cpu_description()[0], "cpu_flags": speed_flags(), "machine": platform.machine(),
               "rows": [measure(spec, precision, np.random.default_rng(0)) for precision in FLAGS.precisions]}
     print(json.dumps(result, indent=2))
 

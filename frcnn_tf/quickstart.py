@@ -23,6 +23,7 @@ from frcnn_tf.evaluate import run_evaluate
 from frcnn_tf.export.onnx_export import Int8Options, run_export
 from frcnn_tf.export.tensorrt_engine import build_engine
 from frcnn_tf.inference import run_inference
+from frcnn_tf.machine import native_bfloat16
 from frcnn_tf.model.checkpoints import load_model
 from frcnn_tf.proto import experiment_pb2
 from frcnn_tf.prune import PruneOptions, run_prune
@@ -36,17 +37,6 @@ SPECS_DIR = importlib.resources.files("frcnn_tf") / "specs"
 def _load_default_spec(load, name):
     with importlib.resources.as_file(SPECS_DIR / name) as path:  # a real file even from a zipped install
         return load(str(path))
-
-
-def native_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """True when the CPU multiplies bfloat16 natively (AVX512_BF16 or AMX-BF16). Without it TensorFlow
-    emulates bfloat16 (stop 23's main job trained 4566 s with --use_amp on AMD EPYC, AVX2 only)."""
-    try:
-        text = pathlib.Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -318,7 +318,7 @@ def _validation_tries(tries, tmp, root, records):
     garbage_root = tmp / "garbage"
     shutil.copytree(root, garbage_root)
     spec = _train_spec(tmp, "garbage.txt", garbage_root, records, tmp / "mgb" / "m.hdf5", 1)
-    validation = [path for path, _ in InputPipeline(load_experiment_spec(spec))._images(training=False)]
+    validation = [path for path, _ in InputPipeline(load_experiment_spec(spec)).split_images(training=False)]
     with open(validation[0], "wb") as image:
         image.write(os.urandom(3000))
     result = _run("train.py", "-e", spec, "--max_steps_per_epoch", 2)

@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 
 from frcnn_tf import sample_data
-from frcnn_tf.quickstart import (QuickstartOptions, derive_specs, fold_classes, format_summary, native_bfloat16,
-                                 parse_class_map, run_quickstart)
+from frcnn_tf.machine import cpu_description, native_bfloat16, speed_flags
+from frcnn_tf.quickstart import (QuickstartOptions, derive_specs, fold_classes, format_summary, parse_class_map,
+                                 run_quickstart)
 from frcnn_tf.spec import load_experiment_spec
 
 
@@ -87,6 +88,9 @@ def test_native_bfloat16_reads_the_cpu_flags(tmp_path, flags, native):
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert native_bfloat16(str(cpuinfo)) is native
     assert native_bfloat16(str(tmp_path / "missing")) is False
+    assert cpu_description(str(cpuinfo)) == ("X", set(flags.split()))
+    assert speed_flags(str(cpuinfo)) == [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                                                     "amx_tile", "amx_bf16", "amx_int8") if f in flags.split()]
 
 
 def test_class_map_folds_the_traffic_light_classes_first_match_wins(tmp_path):

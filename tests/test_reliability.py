@@ -173,7 +173,7 @@ def test_f4_f7_a_bad_validation_image_is_named_and_the_checkpoint_kept(tiny, tmp
 
     spec = load_experiment_spec(_spec_path(tmp_path, (root, str(tmp_path / "tfr" / "v-fold-*")),
                                            tmp_path / "m" / "m.hdf5", 1))
-    bad = next(InputPipeline(spec)._images(training=False))[0]
+    bad = next(InputPipeline(spec).split_images(training=False))[0]
     with open(bad, "w") as handle:
         handle.write("not an image")
     result = train(spec, max_steps_per_epoch=1)
@@ -239,7 +239,7 @@ def test_f7_missing_and_undecodable_images_are_named_before_or_when_training(tin
     spec = load_experiment_spec(_spec_path(tmp_path, (root, records), tmp_path / "m" / "m.hdf5", 1, [NO_VALIDATION]))
     from frcnn_tf.data.pipeline import InputPipeline
 
-    for path, _ in InputPipeline(spec)._images(training=True):  # TIFF under a .png name (PIL reads it, TF does not)
+    for path, _ in InputPipeline(spec).split_images(training=True):  # TIFF under a .png name (PIL reads it, TF does not)
         Image.open(path).convert("RGB").save(path, format="TIFF")
     with pytest.raises(FrcnnError, match=r"images/0000\d\d.png: unreadable image \(.*\); fix or remove it"):
         train(spec, max_steps_per_epoch=1)

@@ -224,7 +224,7 @@ class InputPipeline:
         return np.concatenate(boxes).astype(np.float32), np.concatenate(sizes)
 
     # ---- checks of the image files -----------------------------------------------------
-    def _images(self, training):
+    def split_images(self, training):
         """(image path, embedded bytes or b"") of every record of the split; a corrupt shard is an FrcnnError."""
         extension = self.dataset_config.image_extension
         keys = {records.FRAME_ID: records.PARSE_SPEC[records.FRAME_ID],
@@ -244,7 +244,7 @@ class InputPipeline:
     def check_images(self, training):
         """FrcnnError naming the first missing image file of the split (records without embedded images)."""
         total, missing = 0, []
-        for path, encoded in self._images(training):
+        for path, encoded in self.split_images(training):
             total += 1
             if not encoded and not os.path.isfile(path):
                 missing.append(path)
@@ -263,7 +263,7 @@ class InputPipeline:
         try:
             yield
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError):
-            for path, encoded in self._images(training):
+            for path, encoded in self.split_images(training):
                 problem = image_problem(path, encoded or None)
                 if problem:
                     raise FrcnnError(f"{problem}; fix or remove it, then rerun dataset_convert") from None
