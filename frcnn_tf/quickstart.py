@@ -222,7 +222,7 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
 
     model_path = stages.run("train", run_train, train_spec, max_steps_per_epoch=options.max_steps_per_epoch,
                             use_amp=native_bfloat16() if options.use_amp is None else options.use_amp,
-                            overwrite=True)["checkpoints"][-1]
+                            overwrite=True, validate=False)["checkpoints"][-1]  # evaluated next
     stages.note(params=load_model(model_path)[0].count_params())
     result = stages.run("evaluate (Keras FP32)", run_evaluate, train_spec, model_path)
     stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result))
@@ -232,7 +232,8 @@ def run_quickstart(workdir, data_dir=None, options=QuickstartOptions()):
                PruneOptions(threshold=options.prune_threshold), overwrite=True)
     stages.note(params=load_model(pruned)[0].count_params())
     qat_path = stages.run("retrain pruned model with QAT", run_train, qat_spec,
-                          max_steps_per_epoch=options.max_steps_per_epoch, overwrite=True)["checkpoints"][-1]
+                          max_steps_per_epoch=options.max_steps_per_epoch, overwrite=True,
+                          validate=False)["checkpoints"][-1]
     result = stages.run("evaluate (Keras QAT)", run_evaluate, qat_spec, qat_path)
     stages.note(map=round(result["map"], 4), ms_per_image=_ms_per_image(stages, result),
                 params=load_model(qat_path)[0].count_params())

@@ -180,6 +180,9 @@ def test_f4_f7_a_bad_validation_image_is_named_and_the_checkpoint_kept(tiny, tmp
     assert result["checkpoints"] == [str(tmp_path / "m" / "m.epoch1.hdf5")]
     assert os.path.isfile(result["checkpoints"][0]) and "validation_map" not in result["history"][0]
     assert f"validation after epoch 1 failed, training continues: {bad}: unreadable image" in caplog.text
+    caplog.clear()  # validate=False (the quickstart evaluates next): the validation split is not read
+    result = train(spec, max_steps_per_epoch=1, overwrite=True, validate=False)
+    assert "validation_map" not in result["history"][0] and "validation after epoch" not in caplog.text
 
 
 def test_f5_f6_a_checkpoint_is_written_only_with_finite_weights_and_runs_are_not_overwritten(tiny, tmp_path,

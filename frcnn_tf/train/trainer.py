@@ -229,7 +229,7 @@ def build_training_optimizer(training, total_steps):
 
 
 def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_amp=False, key=None,
-          overwrite=False):
+          overwrite=False, validate=True):
     """Trains per the validated experiment spec; returns {'checkpoints': [...], 'history': [...]}.
 
     strategy: a tf.distribute strategy (default: TensorFlow's, one device); batch_size_per_gpu is per
@@ -240,6 +240,8 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_a
     key: for .tlt model files (default: the spec's enc_key).
     overwrite: replace the checkpoints of an earlier run with the same output_model (a resumed
     run continues its own run and needs no overwrite).
+    validate: False skips evaluation_config's validation during training (for a caller that
+    evaluates the last checkpoint itself).
     """
     if use_amp and spec.training_config.enable_qat:
         raise FrcnnError("--use_amp and enable_qat do not combine: QAT simulates int8 on float32")
@@ -250,7 +252,7 @@ def train(spec, results_dir=None, strategy=None, max_steps_per_epoch=None, use_a
     try:
         with role.scratch() as scratch:
             return _train(spec, results_dir, strategy, role, scratch, max_steps_per_epoch,
-                          checkpoints.model_key(spec, key), overwrite)
+                          checkpoints.model_key(spec, key), overwrite, validate)
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -302,7 +304,7 @@ def _resume_position(optimizer, metadata, batch_size, epoch_start_step, source):
     return examples
 
 
-def _train(spec, results_dir, strategy, role, scratch, max_steps_per_epoch, enc_key, overwrite):
+def _train(spec, results_dir, strategy, role, scratch, max_steps_per_epoch, enc_key, overwrite, validate):
     training = spec.training_config
     tf.keras.utils.set_random_seed(spec.random_seed)
     output_model = _output_model(spec, results_dir)
@@ -317,7 +319,7 @@ def _train(spec, results_dir, strategy, role, scratch, max_steps_per_epoch, enc_
     batch_size = per_replica * replicas
     if num_images < batch_size:
         raise FrcnnError(f"{train_files[0]}: {num_images} training images, fewer than one batch of {batch_size}")
-    validation_period = spec.evaluation_config.validation_period_during_training if spec.HasField(
+    validation_period = spec.evaluation_config.validation_period_during_training if validate and spec.HasField(
         "evaluation_config") else 0
     if validation_period > training.num_epochs:  # no epoch of this run validates
         validation_period = 0
@@ -416,10 +418,11 @@ def _train(spec, results_dir, strategy, role, scratch, max_steps_per_epoch, enc_
 
 
 def run_train(spec_path, results_dir=None, gpus=1, max_steps_per_epoch=None, use_amp=False, key=None,
-              overwrite=False):
+              overwrite=False, validate=True):
     """Loads and validates the spec, then trains on `gpus` GPUs, or as one worker of the TF_CONFIG cluster;
     returns train()'s result."""
     spec, source = parse_experiment_spec(spec_path)
     for section in ("training_config", "dataset_config"):
         require_section(spec, source, section)
-    return train(spec, results_dir, distribution.strategy_for(gpus), max_steps_per_epoch, use_amp, key, overwrite)
+    return train(spec, results_dir, distribution.strategy_for(gpus), max_steps_per_epoch, use_amp, key, overwrite,
+                 validate)
