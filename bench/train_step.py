@@ -10,6 +10,8 @@ fraction of that rate the model reaches (model GFLOP / seconds / rate; a trainin
 counts 3x the forward at the training RoI count). With --peer PYTHON (or PEER_PYTHON) it
 runs ../shared/peer/peer_torchvision.py --head tlt (TLT's model layer for layer, same
 threads, --amp for bf16) in the same invocation and reports ours / peer. Prints one JSON object.
+Each precision's row also goes to stderr as soon as it is measured. bf16 runs by default only
+where the CPU has native bfloat16 (AVX512_BF16 or AMX-BF16).
   python bench/train_step.py [--peer PY] [--precisions fp32,bf16] [--batch_sizes 1,4] [--steps 3]
 """
 import json
@@ -17,6 +19,7 @@ import os
 import pathlib
 import platform
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -24,7 +27,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from frcnn_tf import schedules
-from frcnn_tf.machine import cpu_description, speed_flags
+from frcnn_tf.machine import cpu_description, native_bfloat16, speed_flags
 from frcnn_tf.model.frcnn import build_model
 from frcnn_tf.settings import DetectionSettings
 from frcnn_tf.spec import load_experiment_spec
@@ -34,7 +37,8 @@ from frcnn_tf.train.trainer import TrainStep, amp_policy, training_frcnn
 REPO = pathlib.Path(__file__).resolve().parents[1]
 flags.DEFINE_string("spec", str(REPO / "specs" / "frcnn_resnet18_train.txt"), "Experiment spec.")
 flags.DEFINE_list("batch_sizes", ["1", "4"], "Training batch sizes to time.")
-flags.DEFINE_list("precisions", ["fp32", "bf16"], "fp32 and/or bf16 (bfloat16 mixed precision, --use_amp).")
+flags.DEFINE_list("precisions", None, "fp32 and/or bf16 (bfloat16 mixed precision, --use_amp); default fp32, and\n"
+                  "bf16 where the CPU has native bfloat16 (emulated, the peer's bf16 step took over 18 min here).")
 flags.DEFINE_integer("steps", 3, "Timed steps per measurement (after one warm-up step).")
 flags.DEFINE_integer("threads", os.cpu_count(), "Threads for TensorFlow and for the peer.")
 flags.DEFINE_string("peer", os.environ.get("PEER_PYTHON"),
@@ -134,7 +138,10 @@ def main(argv):
     result = {"benchmark": "train_step", "input": f"{size.height}x{size.width}", "arch": spec.model_config.arch,
               "roi_mini_batch": spec.model_config.roi_mini_batch, "cpus": os.cpu_count(), "threads": FLAGS.threads,
               "cpu": cpu_description()[0], "cpu_flags": speed_flags(), "machine": platform.machine(),
-              "rows": [measure(spec, precision, np.random.default_rng(0)) for precision in FLAGS.precisions]}
+              "rows": []}
+    for precision in FLAGS.precisions or (["fp32", "bf16"] if native_bfloat16() else ["fp32"]):
+        result["rows"].append(measure(spec, precision, np.random.default_rng(0)))
+        print(json.dumps(result["rows"][-1]), file=sys.stderr, flush=True)  # kept if a later row is interrupted
     print(json.dumps(result, indent=2))
 
 
