@@ -89,8 +89,8 @@ def main(argv):
         row["forward_speedup_vs_baseline"] = round(base_ms / row["forward_ms_per_image"], 2)
     print(json.dumps({"benchmark": "inference_speed", "input": list(np.shape(batches[0])[1:]),
                       "batch_size": len(batches[0]), "rois": spec.evaluation_config.rpn_nms_max_boxes,
-                      "cpus": os.cpu_count(), "cpu": cpu_description()[0], "cpu_flags": speed_flags(), "machine": platform.machine(),
-                      "baseline": baseline, "models": rows}, indent=2))
+                      "cpus": os.cpu_count(), "cpu": cpu_description()[0], "cpu_flags": speed_flags(),
+                      "machine": platform.machine(), "baseline": baseline, "models": rows}, indent=2))
 
 
 if __name__ == "__main__":

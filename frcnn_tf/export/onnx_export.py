@@ -10,6 +10,7 @@ Precisions: `fp32`; `fp16` (the convolutional body in FP16, see onnx_graph); `in
 explicit Q/DQ quantization plus a TensorRT calibration cache, the ranges calibrated
 on images for a float model or read from a QAT model's fake-quant ops.
 """
+import collections
 import dataclasses
 import hashlib
 import json
@@ -318,7 +319,8 @@ def without_score_ties(detections):
     kept = []
     for found in detections:
         keys = list(zip(np.asarray(found["classes"]).tolist(), np.asarray(found["scores"], np.float32).tolist()))
-        unique = np.array([keys.count(key) == 1 for key in keys], bool)
+        counts = collections.Counter(keys)
+        unique = np.array([counts[key] == 1 for key in keys], bool)
         kept.append({name: np.asarray(values)[unique] for name, values in found.items()})
     return kept
 
