@@ -48,7 +48,12 @@ class KerasDetector:
     def __init__(self, frcnn, names, settings):
         self.class_names = object_class_names(names)
         self.model = frcnn.detection_model(settings)
-        self._run = tf.function(lambda images: self.model(images, training=False))
+        # one trace for every batch size, NumPy or tensor input: a retrace costs seconds per call
+        signature = [tf.TensorSpec([None, *self.model.input_shape[1:]], tf.float32)]
+        self._run = tf.function(self._forward, input_signature=signature)
+
+    def _forward(self, images):
+        return self.model(images, training=False)
 
     @classmethod
     def from_file(cls, path, spec, section, key=None):
@@ -61,20 +66,26 @@ class KerasDetector:
         return cls(FasterRCNN(model), names, DetectionSettings.from_section(section, weights))
 
     def __call__(self, images):
-        return split_detections(*(t.numpy() for t in self._run(images)))
+        return split_detections(*(t.numpy() for t in self._run(tf.cast(images, tf.float32))))
 
 
-def onnx_session(model):
-    """An onnxruntime CPU session of an ONNX file path or serialized model (bytes) that runs Q/DQ
-    INT8 graphs as their operators define them, which is what TensorRT and QAT training compute:
-    onnxruntime's QDQ fusion (QLinearConv and friends) is switched off, since its kernels add the
-    bias in INT32 and, on CPUs without VNNI, saturate 16-bit pair sums (u8 x s8), so detections
-    drift from the trained model's (17% matched on the main job's QAT model, 100% without it).
+def onnx_session(model, fused_int8=False):
+    """An onnxruntime CPU session of an ONNX file path or serialized model (bytes).
+
+    By default it runs Q/DQ INT8 graphs as their operators define them, which is what TensorRT and
+    QAT training compute: onnxruntime's QDQ fusion (QLinearConv and friends) is switched off, since
+    its kernels add the bias in INT32 and, on CPUs without VNNI, saturate 16-bit pair sums (u8 x s8),
+    so detections drift from the trained model's (17% matched on the main job's QAT model, 100%
+    without it). fused_int8: fusion on, for graphs laid out for it (export --target onnxruntime).
     Other graph optimisations stay on; FP32/FP16 graphs are unaffected."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    # no busy-waiting between runs: spinning threads starve the input pipeline, which decodes the next
+    # images meanwhile (evaluate took 1.75x the forward with them on 2 cores)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not fused_int8:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
@@ -87,7 +98,7 @@ class OnnxDetector:
     def __init__(self, path):
         _, self.info = read_onnx(path)
         try:
-            self.session = onnx_session(path)
+            self.session = onnx_session(path, fused_int8=self.info.get("target") == "onnxruntime")
         except Exception as err:  # onnxruntime raises many types for unreadable files
             raise FrcnnError(f"{path}: cannot load the ONNX model ({err})") from None
         self.class_names = self.info["class_names"]

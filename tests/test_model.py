@@ -128,6 +128,19 @@ def test_detection_model_uses_its_own_proposals_and_leaves_the_model_unchanged(t
         np.testing.assert_array_equal(old.numpy(), new.numpy())
 
 
+def test_the_keras_detector_traces_once_for_every_batch_size_and_input_type(tmp_path):
+    from frcnn_tf.detectors import KerasDetector
+    from frcnn_tf.settings import DetectionSettings, ProposalSettings
+
+    settings = DetectionSettings(proposals=ProposalSettings(pre_nms_top_n=50, post_nms_top_n=7, nms_iou=0.5),
+                                 score_threshold=0.0, nms_iou=0.5, max_boxes=5, box_weights=(10.0, 10.0, 5.0, 5.0))
+    detector = KerasDetector(FasterRCNN(build_model(_spec(tmp_path))), ["a", "background"], settings)
+    images = np.random.default_rng(0).uniform(0, 255, [3, 64, 96, 3])
+    found = [detector(images[:2]), detector(tf.constant(images[:1], tf.float32)), detector(images.astype(np.float32))]
+    assert [len(f) for f in found] == [2, 1, 3]
+    assert detector._run.experimental_get_tracing_count() == 1  # a retrace costs seconds per evaluate batch
+
+
 def test_train_outputs_shapes_and_targets(tmp_path):
     from frcnn_tf.settings import ProposalSettings, RoiSampling, RpnSampling
 

@@ -314,4 +314,10 @@ class InputPipeline:
             data = data.padded_batch(batch_size, drop_remainder=training)
         else:
             data = data.batch(batch_size, drop_remainder=training)
-        return data.prefetch(tf.data.AUTOTUNE)
+        data = data.prefetch(tf.data.AUTOTUNE)
+        if not training:  # evaluation shares the cores with the model: tf.data's autotuner, tuning while the
+            # model runs, made the first pass wait ~300 ms per image (evaluate 1.75x the forward, 1.1x without)
+            options = tf.data.Options()
+            options.autotune.enabled = False
+            data = data.with_options(options)
+        return data

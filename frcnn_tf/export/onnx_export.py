@@ -157,6 +157,10 @@ class Int8Options:
     calibrator: str = "entropy"
     percentile: float = 99.99
     trt_version: str = None  # TensorRT version written in the cache header (calibration.write_cache)
+    target: str = "tensorrt"  # or "onnxruntime": the Q/DQ layout onnxruntime's CPU fusion runs (for_onnxruntime)
+
+
+TARGETS = ("tensorrt", "onnxruntime")
 
 
 def _names_and_weights(metadata, spec):
@@ -290,8 +294,8 @@ def divergence_report(proto, quantized, images, count=3):
             sorted(errors.items(), key=lambda item: -item[1])[:count]]
 
 
-def _onnx_detections(proto, images):
-    session = onnx_session(proto.SerializeToString())
+def _onnx_detections(proto, images, fused_int8=False):
+    session = onnx_session(proto.SerializeToString(), fused_int8)
     return split_detections(*session.run(None, {"input_image": np.asarray(images, np.float32)}))
 
 
@@ -325,11 +329,12 @@ def without_score_ties(detections):
     return kept
 
 
-def check_int8(expected, int8_proto, held_back, class_count, label, untied=False):
+def check_int8(expected, int8_proto, held_back, class_count, label, untied=False, fused_int8=False):
     """Summary of how the INT8 graph's detections on the held-back images reproduce `expected`, the
     reference's on them (FP32 ONNX detections for PTQ, the Keras QAT model's for QAT), logged.
-    untied: compare only detections without a score tie (without_score_ties), on both sides."""
-    found = _onnx_detections(int8_proto, held_back)
+    untied: compare only detections without a score tie (without_score_ties), on both sides.
+    fused_int8: run the INT8 graph with onnxruntime's QDQ fusion (the onnxruntime target)."""
+    found = _onnx_detections(int8_proto, held_back, fused_int8)
     if untied:
         expected, found = without_score_ties(expected), without_score_ties(found)
     score = agreement(expected, found, class_count)
@@ -417,12 +422,35 @@ def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=N
     return _calibrated_int8(proto, batches, held_back, class_count, options)
 
 
+def onnxruntime_int8(quantized, scales, trained, spec, options, image_paths, class_count):
+    """(INT8 graph for onnxruntime's fused kernels, check summary): onnx_graph.for_onnxruntime of the
+    TensorRT-form graph `quantized` with the same scales (PTQ: every calibrated tensor's scale may
+    quantize a conv's output; QAT: the trained scales only), checked against the TensorRT-form
+    graph on the first calibration batch. A FrcnnError when its detections diverge."""
+    layout = onnx_graph.for_onnxruntime(quantized, None if trained is not None else scales)
+    try:
+        images = calibration_batches(spec, dataclasses.replace(options, batches=1), image_paths)[0]
+    except (FrcnnError, OSError, tf.errors.OpError) as err:  # the data may live elsewhere: a report only
+        logging.warning("not checking the onnxruntime INT8 graph (no images: %s)", err)
+        return layout, {}
+    if not images:
+        return layout, {}
+    summary = check_int8(_onnx_detections(quantized, images[0]), layout, images[0], class_count,
+                         "the TensorRT-form INT8 graph", fused_int8=True)
+    if summary["map_vs_reference"] is not None and summary["map_vs_reference"] < AGREEMENT_MIN:
+        raise FrcnnError(f"the onnxruntime INT8 graph diverges from the TensorRT-form one (mAP "
+                         f"{summary['map_vs_reference']:.4f} against its strong detections on {len(images[0])} "
+                         "images); nothing is written. Export with --target tensorrt")
+    return layout, summary
+
+
 def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=False, key=None,
                int8=Int8Options()):
     """Exports a model file to ONNX at output_path (+ the calibration cache for int8) and checks
     the graph against TensorRT's rules first; returns the metadata written with it (and, for
     int8, the cache header)."""
-    cache_path = (int8.cal_cache_file or f"{os.path.splitext(output_path)[0]}.cal.bin") if data_type == "int8" else None
+    cache_path = (int8.cal_cache_file or f"{os.path.splitext(output_path)[0]}.cal.bin") \
+        if data_type == "int8" and int8.target == "tensorrt" else None
     refuse_to_overwrite([output_path, cache_path], overwrite)
     spec, source = parse_experiment_spec(spec_path)
     section_name = "inference_config" if spec.HasField("inference_config") else "evaluation_config"
@@ -433,6 +461,14 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
     for flag, value in (("--batch_size", int8.batch_size), ("--batches", int8.batches)):
         if data_type == "int8" and value < 1:
             raise FrcnnError(f"{flag} {value}: calibration needs at least 1")
+    if int8.target not in TARGETS:
+        raise FrcnnError(f"--target {int8.target}: choose one of {', '.join(TARGETS)}")
+    if int8.target == "onnxruntime" and int8.cal_cache_file:
+        raise FrcnnError("--cal_cache_file: the onnxruntime target carries its scales in the graph and writes no "
+                         "TensorRT cache; drop the flag (or export with --target tensorrt)")
+    if int8.target != "tensorrt" and data_type != "int8":
+        raise FrcnnError(f"--target {int8.target} lays out INT8 graphs; {data_type} graphs are the same for every "
+                         "runtime: drop --target")
     if data_type == "int8" and not 0 < int8.percentile <= 100:
         raise FrcnnError(f"--percentile {int8.percentile}: choose a value in (0, 100]")
     model, metadata = checkpoints.load_model(model_path, key=checkpoints.model_key(spec, key))
@@ -452,13 +488,19 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
             if trained is not None else None
         proto, scales, method, info["int8_check"] = quantize_int8(proto, len(info["class_names"]), spec, int8,
                                                                   image_paths, trained, qat_detector)
-        info["cal_cache_file"] = os.path.basename(cache_path)
         info["calibrator"] = method
+        if int8.target == "onnxruntime":
+            proto, info["onnxruntime_check"] = onnxruntime_int8(proto, scales, trained, spec, int8, image_paths,
+                                                                len(info["class_names"]))
+        else:
+            info["cal_cache_file"] = os.path.basename(cache_path)
     info["data_type"] = data_type
+    info["target"] = int8.target
     onnx.helper.set_model_props(proto, {"frcnn_tf": json.dumps(info)})
     onnx.checker.check_model(proto)
-    check_for_tensorrt(proto, output_path)
-    if data_type == "int8":
+    if int8.target == "tensorrt":
+        check_for_tensorrt(proto, output_path)
+    if data_type == "int8" and int8.target == "tensorrt":
         info["cal_cache_header"] = calibration.write_cache(cache_path, scales, method, int8.trt_version)
         info["cal_cache_path"] = cache_path
     atomic_write_bytes(output_path, proto.SerializeToString())

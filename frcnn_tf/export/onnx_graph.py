@@ -24,7 +24,11 @@ SHAPE_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity"}  # move
 
 
 def _producers(graph):
-    return {output: node for node in graph.node for output in node.output}
+    return _producers_of(graph.node)
+
+
+def _producers_of(nodes):
+    return {output: node for node in nodes for output in node.output}
 
 
 def _consumers(graph):
@@ -289,6 +293,104 @@ def _dequantize_before_one_shape_op(nodes, initializers):
         if node.name in moved:
             reordered.append(moved.pop(node.name))
     return reordered
+
+
+NON_NEGATIVE_OPS = {"Relu"}  # outputs never below 0
+ORDER_KEEPING_OPS = SHAPE_OPS | {"MaxPool"}  # never negative when their input is not
+UINT8_OFFSET = 128  # UINT8 zero point with the values of INT8 zero point 0
+
+
+def _never_negative(name, producers):
+    source = producers.get(name)
+    while source is not None and source.op_type in ORDER_KEEPING_OPS:
+        source = producers.get(source.input[0])
+    return source is not None and source.op_type in NON_NEGATIVE_OPS
+
+
+def _scale_value(initializers, name):
+    return numpy_helper.to_array(initializers[name]).astype(np.float32)
+
+
+def for_onnxruntime(model, output_scales=None):
+    """Copy of a TensorRT-form INT8 graph (quantize_for_tensorrt, qat_to_qdq) whose Q/DQ groups
+    onnxruntime's CPU QDQ fusion turns into integer kernels (QLinearConv, QLinearAdd,
+    MatMulIntegerToFloat), with the same scales.
+
+    - Activations become UINT8, what MLAS's u8 x s8 kernels (VNNI/AMX) read: zero point 128 (the
+      values of INT8 zero point 0) except on ReLU outputs, which take zero point 0 so that
+      onnxruntime drops the ReLU into the conv before it; there values between 127 and 255 steps
+      are kept where TensorRT clips them at 127 steps (the only difference in values).
+    - A quantized Conv's float bias becomes INT32 at scale s_input x s_weight[c] (per output
+      channel) behind a DequantizeLinear: onnxruntime fuses a conv only with a quantized bias.
+    - output_scales {tensor: scale} (PTQ: the calibrated ranges) adds a Q/DQ pair on a quantized
+      Conv's output that only the body reads and has none (a residual Add's input), or on the ReLU
+      after it, so that the conv fuses too; without one that conv runs in float on dequantized
+      inputs. Outputs the float parts read (the RPN's logits and deltas) stay float.
+    Weights stay INT8 per output channel as they were.
+    """
+    model = _copy(model)
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    output_scales = output_scales or {}
+    builder, after = _QdqBuilder(graph), {}  # after: {node name: Q/DQ nodes to emit right after it}
+    producers, consumers = _producers(graph), _consumers(graph)
+    for node in graph.node:
+        if node.op_type != "Conv" or not _reads_dequantized(node, producers, initializers):
+            continue
+        output, readers = node.output[0], consumers.get(node.output[0], [])
+        if len(readers) == 1 and readers[0].op_type == "Relu":
+            output, readers = readers[0].output[0], consumers.get(readers[0].output[0], [])
+        if output not in output_scales or any(r.op_type not in BODY_OPS | JOIN_OPS for r in readers):
+            continue  # already quantized, or read by float parts (the RPN's logits and deltas stay float)
+        made = builder.pair(output, output_scales[output])
+        for reader in readers:
+            reader.input[:] = [made if name == output else name for name in reader.input]
+        after.setdefault(producers[output].name, []).extend(builder.drain())
+    nodes = [made for node in graph.node for made in (node, *after.get(node.name, ()))]
+    initializers, producers = {i.name: i for i in graph.initializer}, _producers_of(nodes)
+    _activations_to_uint8(nodes, graph, initializers, producers)
+    for node in nodes:
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in initializers \
+                and _reads_dequantized(node, producers, initializers):
+            _quantize_bias(node, producers, initializers, builder)
+    return _finish(model, builder.drain() + nodes)
+
+
+def _reads_dequantized(node, producers, initializers):
+    """Whether a Conv/MatMul reads an activation and a weight through DequantizeLinear."""
+    sources = [producers.get(name) for name in node.input[:2]]
+    return all(s is not None and s.op_type == "DequantizeLinear" for s in sources) \
+        and sources[1].input[0] in initializers
+
+
+def _activations_to_uint8(nodes, graph, initializers, producers):
+    """Rewrites each per-tensor activation Q and its DQs to UINT8 (see for_onnxruntime)."""
+    readers = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for node in nodes:
+        if node.op_type != "QuantizeLinear" or _scale_value(initializers, node.input[1]).ndim:
+            continue
+        zero = 0 if _never_negative(node.input[0], producers) else UINT8_OFFSET
+        name = f"{node.output[0]}__uint8_zero_point"
+        graph.initializer.append(numpy_helper.from_array(np.array(zero, np.uint8), name))
+        for user in [node] + [r for r in readers.get(node.output[0], []) if r.op_type == "DequantizeLinear"]:
+            user.input[2] = name
+
+
+def _quantize_bias(conv, producers, initializers, builder):
+    """Points a fused-to-be Conv's float bias at an INT32 DequantizeLinear (scale s_x x s_w[c])."""
+    activation, weight = (producers[name] for name in conv.input[:2])
+    scale = _scale_value(initializers, activation.input[1]) * _scale_value(initializers, weight.input[1])
+    bias = numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64)
+    name = f"{conv.input[2]}__int32"
+    inputs = [builder._constant(name, np.round(bias / scale).astype(np.int32)),
+              builder._constant(f"{name}__scale", scale.astype(np.float32)),
+              builder._constant(f"{name}__zero_point", np.zeros(scale.shape, np.int32))]
+    builder.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__dq"], name=f"{name}__dequantize",
+                                          axis=0))
+    conv.input[2] = f"{name}__dq"
 
 
 def with_outputs(model, names):

@@ -119,6 +119,9 @@ def build_engine(onnx_path, engine_path, options=EngineOptions(), overwrite=Fals
     """Builds and writes a serialized engine; returns a dict describing the build."""
     refuse_to_overwrite([engine_path], overwrite, "another --engine_file")
     info, has_qdq = onnx_info(onnx_path)
+    if info.get("target", "tensorrt") != "tensorrt":
+        raise FrcnnError(f"{onnx_path}: exported with --target {info['target']} (UINT8 activations TensorRT does not "
+                         "take); export the model again with --target tensorrt to build an engine")
     onnx_type = info.get("data_type", "fp32")
     data_type = options.data_type or onnx_type
     cache_path = options.cal_cache_file or (
