@@ -39,14 +39,18 @@ def test_whole_workflow_at_tiny_size(tmp_path):
                       "retrain pruned model with QAT", "evaluate (Keras QAT)",
                       "export ONNX FP32", "evaluate (onnxruntime FP32)", "export ONNX FP16", "evaluate (onnxruntime FP16)",
                       "export ONNX INT8", "evaluate (onnxruntime INT8)", "export ONNX QAT INT8",
-                      "evaluate (onnxruntime QAT INT8)", "TensorRT engine (INT8)", "inference"]
-    for key in ("model", "pruned model", "QAT model", "ONNX FP32", "ONNX FP16", "ONNX INT8", "ONNX QAT INT8"):
+                      "evaluate (onnxruntime QAT INT8)", "export ONNX QAT INT8 CPU", "evaluate (onnxruntime QAT INT8 CPU)",
+                      "TensorRT engine (INT8)", "inference"]
+    for key in ("model", "pruned model", "QAT model", "ONNX FP32", "ONNX FP16", "ONNX INT8", "ONNX QAT INT8",
+                "ONNX QAT INT8 CPU"):
         assert os.path.isfile(artifacts[key]), key
     assert "skipped: TensorRT is not installed" in rows[-2]["detail"]
     detail = {row["stage"]: row.get("detail", "") for row in rows}
     assert re.fullmatch(r"vs Keras QAT: \d+\.\d% / \d+\.\d% of detections match",
                         detail["evaluate (onnxruntime QAT INT8)"])
     assert detail["evaluate (onnxruntime INT8)"].startswith("vs ONNX FP32: ")
+    assert detail["evaluate (onnxruntime QAT INT8 CPU)"].startswith("vs ONNX QAT INT8: ")
+    assert not os.path.exists(artifacts["ONNX QAT INT8 CPU"].replace(".onnx", ".cal.bin"))  # no TensorRT cache
     # The float training pushes channels to zero for pruning; the pruned model retrains without it.
     regularizers = [load_experiment_spec(os.path.join(artifacts["specs"], name)).training_config.regularizer
                     for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt")]
@@ -107,3 +111,15 @@ def test_class_map_folds_the_traffic_light_classes_first_match_wins(tmp_path):
     _, train_spec, _ = derive_specs(str(tmp_path), str(tmp_path / "data"), options, ["green", "greenleft", "red"])
     mapping = load_experiment_spec(train_spec).dataset_config.target_class_mapping
     assert dict(mapping) == {"green": "green", "greenleft": "green", "red": "red"}
+
+
+def test_qat_fine_tunes_at_the_learning_rate_the_float_training_ended_with(tmp_path):
+    _, train_spec, qat_spec = derive_specs(str(tmp_path), str(tmp_path / "data"), QuickstartOptions(), ["a"])
+    float_schedule = load_experiment_spec(train_spec).training_config.learning_rate.soft_start
+    qat = load_experiment_spec(qat_spec).training_config
+    # 0.01, annealed twice by 10 (at 0.8 and 0.9 of the run): 0.0001
+    assert (float_schedule.base_lr, list(float_schedule.annealing_points), float_schedule.annealing_divider) == (
+        pytest.approx(0.01), [pytest.approx(0.8), pytest.approx(0.9)], 10.0)
+    assert qat.learning_rate.soft_start.base_lr == pytest.approx(1e-4)
+    assert qat.optimizer.sgd.lr == pytest.approx(1e-4)
+    assert qat.learning_rate.soft_start.start_lr == pytest.approx(1e-5)
