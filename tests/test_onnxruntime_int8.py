@@ -3,10 +3,14 @@ fusion runs integer kernels, with the same scales and (but for ReLU outputs abov
 import numpy as np
 import onnx
 import onnxruntime
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import REPO
 from frcnn_tf.detectors import onnx_session
+from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import onnx_graph
+from frcnn_tf.export.onnx_export import Int8Options, run_export
 
 SCALES = {"x": 2.0 / 127, "a": 4.0 / 127, "b": 3.0 / 127, "c": 5.0 / 127}
 
@@ -73,3 +77,15 @@ def test_without_an_output_scale_the_conv_before_an_add_stays_float(tmp_path):
     fused = onnx_session(layout.SerializeToString(), fused_int8=True)
     # the same quantization points: only the INT32 biases' rounding differs (well below a step of a)
     assert np.abs(fused.run(None, {"x": x})[0] - reference.run(None, {"x": x})[0]).max() <= 0.5 * SCALES["a"]
+
+
+@pytest.mark.parametrize("data_type, flags, message", [
+    ("fp32", {}, "--target onnxruntime lays out INT8 graphs; fp32 graphs are the same"),
+    ("int8", {"cal_cache_file": "c.bin"}, "--cal_cache_file: the onnxruntime target .* writes no TensorRT cache"),
+])
+def test_export_refuses_onnxruntime_flags_that_make_no_sense(tmp_path, data_type, flags, message):
+    options = Int8Options(target="onnxruntime", **flags)
+    with pytest.raises(FrcnnError, match=message):
+        run_export(str(REPO / "specs" / "frcnn_resnet18_train.txt"), str(tmp_path / "absent.hdf5"),
+                   str(tmp_path / "m.onnx"), data_type, int8=options)
+    assert list(tmp_path.iterdir()) == []

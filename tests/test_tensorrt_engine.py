@@ -15,7 +15,7 @@ from frcnn_tf.deployed import TensorRTMissing
 from frcnn_tf.export.tensorrt_engine import EngineOptions, build_engine
 
 
-def _onnx(path, data_type, qdq=False, cache=None):
+def _onnx(path, data_type, qdq=False, cache=None, target=None):
     nodes = [helper.make_node("Identity", ["input_image"], ["boxes"])]
     if qdq:
         nodes.append(helper.make_node("QuantizeLinear", ["input_image", "s", "z"], ["q"]))
@@ -23,7 +23,8 @@ def _onnx(path, data_type, qdq=False, cache=None):
                                                                          ["N", 64, 96, 3])],
                               [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, None)])
     model = helper.make_model(graph)
-    info = {"data_type": data_type, **({"cal_cache_file": cache} if cache else {})}
+    info = {"data_type": data_type, **({"cal_cache_file": cache} if cache else {}),
+            **({"target": target} if target else {})}
     helper.set_model_props(model, {"frcnn_tf": json.dumps(info)})
     onnx.save(model, str(path))
     return str(path)
@@ -254,3 +255,10 @@ def test_engine_backend_without_tensorrt_is_exit_status_2(monkeypatch, tmp_path)
     (tmp_path / "m.engine").write_bytes(b"engine")
     with pytest.raises(TensorRTMissing, match="evaluate the ONNX model with onnxruntime here instead"):
         TensorRTDetector(str(tmp_path / "m.engine"), ["red", "background"])
+
+
+def test_an_onnx_laid_out_for_onnxruntime_is_refused_before_tensorrt_is_needed(tmp_path):
+    path = _onnx(tmp_path / "m.onnx", "int8", qdq=True, target="onnxruntime")
+    with pytest.raises(FrcnnError, match="--target onnxruntime .*export the model again with --target tensorrt"):
+        build_engine(path, str(tmp_path / "m.engine"))
+    assert not (tmp_path / "m.engine").exists()

@@ -140,7 +140,7 @@ class _QdqBuilder:
     def __init__(self, graph):
         self.graph, self.nodes, self.made = graph, [], {}
 
-    def _constant(self, name, value):
+    def constant(self, name, value):
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -148,8 +148,8 @@ class _QdqBuilder:
         """Name of DQ(Q(tensor)) (`output`, default `<tensor>__dq`) for a per-tensor float32 scale."""
         if tensor not in self.made:
             output = output or f"{tensor}__dq"
-            inputs = [tensor, self._constant(f"{output}__scale", np.float32(scale)),
-                      self._constant(f"{output}__zero_point", np.zeros((), np.int8))]
+            inputs = [tensor, self.constant(f"{output}__scale", np.float32(scale)),
+                      self.constant(f"{output}__zero_point", np.zeros((), np.int8))]
             self.nodes.append(helper.make_node("QuantizeLinear", inputs, [f"{output}__q"], name=f"{output}__quantize"))
             self.nodes.append(helper.make_node("DequantizeLinear", [f"{output}__q", *inputs[1:]], [output],
                                                name=f"{output}__dequantize"))
@@ -175,8 +175,8 @@ class _QdqBuilder:
             if np.abs(integers).max(initial=0) > WEIGHT_INT8_MAX:
                 raise FrcnnError(f"{name}: a weight exceeds 127 steps of its scale")
             quantized = integers.astype(np.int8)
-            inputs = [self._constant(f"{name}__int8", quantized), self._constant(f"{name}__scale", scale),
-                      self._constant(f"{name}__zero_point", np.zeros(scale.shape, np.int8))]
+            inputs = [self.constant(f"{name}__int8", quantized), self.constant(f"{name}__scale", scale),
+                      self.constant(f"{name}__zero_point", np.zeros(scale.shape, np.int8))]
             self.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__dq"], name=f"{name}__dequantize",
                                                axis=axis))
             self.made[name] = f"{name}__dq"
@@ -385,9 +385,9 @@ def _quantize_bias(conv, producers, initializers, builder):
     scale = _scale_value(initializers, activation.input[1]) * _scale_value(initializers, weight.input[1])
     bias = numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64)
     name = f"{conv.input[2]}__int32"
-    inputs = [builder._constant(name, np.round(bias / scale).astype(np.int32)),
-              builder._constant(f"{name}__scale", scale.astype(np.float32)),
-              builder._constant(f"{name}__zero_point", np.zeros(scale.shape, np.int32))]
+    inputs = [builder.constant(name, np.round(bias / scale).astype(np.int32)),
+              builder.constant(f"{name}__scale", scale.astype(np.float32)),
+              builder.constant(f"{name}__zero_point", np.zeros(scale.shape, np.int32))]
     builder.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__dq"], name=f"{name}__dequantize",
                                           axis=0))
     conv.input[2] = f"{name}__dq"
