@@ -52,7 +52,7 @@ class QuickstartOptions:
     num_images: int = 300
     image_height: int = 192
     image_width: int = 320
-    epochs: int = 6
+    epochs: int = 12
     qat_epochs: int = 1
     batch_size: int = 1
     roi_mini_batch: int = 16

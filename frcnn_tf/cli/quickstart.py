@@ -9,7 +9,7 @@ flags.DEFINE_string("data_dir", None, "A KITTI folder (images/, labels/) to use 
 flags.DEFINE_string("class_map", "", "With --data_dir: fold the labels' classes, comma-separated fnmatch\n"
                     "patterns, first match wins: 'red*=red,green*=green,yellow*=yellow'.")
 flags.DEFINE_integer("num_images", 300, "Generated sample images.")
-flags.DEFINE_integer("epochs", 6, "Training epochs.")
+flags.DEFINE_integer("epochs", 12, "Training epochs.")
 flags.DEFINE_integer("qat_epochs", 1, "QAT retraining epochs.")
 flags.DEFINE_integer("max_steps_per_epoch", None, "Cap on steps per epoch (smoke runs).")
 flags.DEFINE_integer("image_height", 192, "Network input height (px).")
