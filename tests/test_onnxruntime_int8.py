@@ -79,6 +79,19 @@ def test_without_an_output_scale_the_conv_before_an_add_stays_float(tmp_path):
     assert np.abs(fused.run(None, {"x": x})[0] - reference.run(None, {"x": x})[0]).max() <= 0.5 * SCALES["a"]
 
 
+def test_a_bias_int32_cannot_hold_stays_float():
+    model = _residual_block()
+    weights = {i.name: i for i in model.graph.initializer}
+    dead = numpy_helper.to_array(weights["wa"]).copy()
+    dead[0] = 0.0  # a channel of zero weights: scale MIN_SCALE / 127, so its bias would be ~1e13 steps
+    weights["wa"].CopyFrom(numpy_helper.from_array(dead, "wa"))
+    layout = onnx_graph.for_onnxruntime(onnx_graph.quantize_for_tensorrt(model, SCALES), {"b": SCALES["b"]})
+    conv_a = next(n for n in layout.graph.node if n.name == "conv_a")
+    assert conv_a.input[2] == "ba"  # float: not fused, not wrapped around
+    conv_b = next(n for n in layout.graph.node if n.name == "conv_b")
+    assert conv_b.input[2] == "bb__int32__dq"
+
+
 @pytest.mark.parametrize("data_type, flags, message", [
     ("fp32", {}, "--target onnxruntime lays out INT8 graphs; fp32 graphs are the same"),
     ("int8", {"cal_cache_file": "c.bin"}, "--cal_cache_file: the onnxruntime target .* writes no TensorRT cache"),

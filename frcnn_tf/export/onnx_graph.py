@@ -313,15 +313,16 @@ def _scale_value(initializers, name):
 
 def for_onnxruntime(model, output_scales=None):
     """Copy of a TensorRT-form INT8 graph (quantize_for_tensorrt, qat_to_qdq) whose Q/DQ groups
-    onnxruntime's CPU QDQ fusion turns into integer kernels (QLinearConv, QLinearAdd,
-    MatMulIntegerToFloat), with the same scales.
+    onnxruntime's CPU QDQ fusion turns into integer kernels (QLinearConv, QLinearAdd), with the
+    same scales.
 
     - Activations become UINT8, what MLAS's u8 x s8 kernels (VNNI/AMX) read: zero point 128 (the
       values of INT8 zero point 0) except on ReLU outputs, which take zero point 0 so that
       onnxruntime drops the ReLU into the conv before it; there values between 127 and 255 steps
       are kept where TensorRT clips them at 127 steps (the only difference in values).
     - A quantized Conv's float bias becomes INT32 at scale s_input x s_weight[c] (per output
-      channel) behind a DequantizeLinear: onnxruntime fuses a conv only with a quantized bias.
+      channel) behind a DequantizeLinear: onnxruntime fuses a conv only with a quantized bias. A bias
+      INT32 cannot hold (a channel of zero weights has a tiny scale) stays float: that conv is not fused.
     - output_scales {tensor: scale} (PTQ: the calibrated ranges) adds a Q/DQ pair on a quantized
       Conv's output that only the body reads and has none (a residual Add's input), or on the ReLU
       after it, so that the conv fuses too; without one that conv runs in float on dequantized
@@ -383,9 +384,11 @@ def _quantize_bias(conv, producers, initializers, builder):
     """Points a fused-to-be Conv's float bias at an INT32 DequantizeLinear (scale s_x x s_w[c])."""
     activation, weight = (producers[name] for name in conv.input[:2])
     scale = _scale_value(initializers, activation.input[1]) * _scale_value(initializers, weight.input[1])
-    bias = numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64)
+    steps = np.round(numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64) / scale)
+    if np.abs(steps).max(initial=0) > np.iinfo(np.int32).max:
+        return
     name = f"{conv.input[2]}__int32"
-    inputs = [builder.constant(name, np.round(bias / scale).astype(np.int32)),
+    inputs = [builder.constant(name, steps.astype(np.int32)),
               builder.constant(f"{name}__scale", scale.astype(np.float32)),
               builder.constant(f"{name}__zero_point", np.zeros(scale.shape, np.int32))]
     builder.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__dq"], name=f"{name}__dequantize",
