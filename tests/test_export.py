@@ -244,8 +244,10 @@ def test_a_broken_calibration_falls_back_or_is_refused_and_writes_nothing(export
                         histogram.max / 1000 if method == "entropy" else amax_of(histogram, method, percentile))
     with caplog.at_level("WARNING"):
         info = run_export(path, checkpoint, str(tmp_path / "m.onnx"), "int8", int8=options)
-    assert info["calibrator"] == "percentile" and info["int8_check"]["map_vs_reference"] >= 0.5
+    # percentile, or max where percentile diverges too (seen on AVX-512 with this 6-step model)
+    assert info["calibrator"] in ("percentile", "max") and info["int8_check"]["map_vs_reference"] >= 0.5
     assert "INT8 with entropy calibration diverged from FP32 (entropy: mAP 0." in caplog.text
+    assert f"using {info['calibrator']} calibration, whose mAP against FP32 is" in caplog.text
     monkeypatch.setattr(calibration, "amax_of", lambda histogram, method, percentile=None: histogram.max / 1000)
     monkeypatch.setattr(onnx_export, "TRUSTED_SCORE", 0.0)  # the 6-step model's scores are low: judge it anyway
     with pytest.raises(FrcnnError, match=r"INT8 calibration diverges from FP32: on 4 held-back images .* with every "
