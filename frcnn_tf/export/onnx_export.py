@@ -426,7 +426,8 @@ def onnxruntime_int8(quantized, scales, trained, spec, options, image_paths, cla
     """(INT8 graph for onnxruntime's fused kernels, check summary): onnx_graph.for_onnxruntime of the
     TensorRT-form graph `quantized` with the same scales (PTQ: every calibrated tensor's scale may
     quantize a conv's output; QAT: the trained scales only), checked against the TensorRT-form
-    graph on the first calibration batch. A FrcnnError when its detections diverge."""
+    graph on the first calibration batch. A FrcnnError when its detections diverge, unless that
+    graph's best detection scores below TRUSTED_SCORE (an untrained model: a warning, as for PTQ)."""
     layout = onnx_graph.for_onnxruntime(quantized, None if trained is not None else scales)
     try:
         images = calibration_batches(spec, dataclasses.replace(options, batches=1), image_paths)[0]
@@ -437,7 +438,12 @@ def onnxruntime_int8(quantized, scales, trained, spec, options, image_paths, cla
         return layout, {}
     summary = check_int8(_onnx_detections(quantized, images[0]), layout, images[0], class_count,
                          "the TensorRT-form INT8 graph", fused_int8=True)
-    if summary["map_vs_reference"] is not None and summary["map_vs_reference"] < AGREEMENT_MIN:
+    score = summary["map_vs_reference"]
+    if score is not None and score < AGREEMENT_MIN and summary["reference_best_score"] < TRUSTED_SCORE:
+        logging.warning("the TensorRT-form graph's best detection scores %.3f (< %.1f): the model looks untrained, "
+                        "so the check cannot judge the onnxruntime graph (mAP %.4f against it); writing it",
+                        summary["reference_best_score"], TRUSTED_SCORE, score)
+    elif score is not None and score < AGREEMENT_MIN:
         raise FrcnnError(f"the onnxruntime INT8 graph diverges from the TensorRT-form one (mAP "
                          f"{summary['map_vs_reference']:.4f} against its strong detections on {len(images[0])} "
                          "images); nothing is written. Export with --target tensorrt")
