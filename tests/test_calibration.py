@@ -145,24 +145,3 @@ def test_histograms_know_negative_tensors_and_clipped_shares():
     assert histogram.negative and histogram.max == 3.0
     assert calibration.clipped_share(histogram, 2.5) == 0.25  # only 3 lies above
     assert calibration.clipped_share(histogram, 0.25) == 1.0 and calibration.clipped_share(histogram, 3.0) == 0.0
-
-
-def test_a_usable_but_weak_calibration_tries_the_others_and_keeps_the_best(monkeypatch):
-    """entropy agrees with FP32 at 0.86 (usable, below GOOD_AGREEMENT): percentile (1.0) is taken; when
-    every calibrator is merely usable, the best of them, the first on ties."""
-    from frcnn_tf.export import onnx_export
-
-    histogram = calibration.AbsHistogram()
-    histogram.update(np.linspace(0, 1, 1000))
-    monkeypatch.setattr(onnx_export, "calibrate", lambda proto, batches: {"t": histogram})
-    monkeypatch.setattr(onnx_export.onnx_graph, "quantize_for_tensorrt", lambda proto, scales: dict(scales))
-    monkeypatch.setattr(onnx_export, "_onnx_detections", lambda proto, images: [])
-    options = onnx_export.Int8Options()
-    for scores, expected in (({"entropy": 0.86, "percentile": 1.0, "max": 0.7}, "percentile"),
-                             ({"entropy": 0.86, "percentile": 0.6, "max": 0.86}, "entropy"),
-                             ({"entropy": 0.6, "percentile": 0.7, "max": 0.8}, "max")):
-        order = iter(("entropy", "percentile", "max"))
-        monkeypatch.setattr(onnx_export, "check_int8", lambda *args, **kwargs: {
-            "map_vs_reference": scores[next(order)], "reference_best_score": 0.9})
-        _, _, method, summary = onnx_export._calibrated_int8(None, [np.zeros(1)], np.zeros(1), 1, options)
-        assert method == expected and summary["map_vs_reference"] == scores[expected]

@@ -49,8 +49,6 @@ STABLE_OPTIMIZERS = {name: optimizer for name, optimizer in tf2onnx_optimizers._
                      if name != "merge_duplication"}
 CONFIDENT = 0.5  # share of the best score from which reference detections must be found again (check_int8)
 AGREEMENT_MIN = 0.5  # PTQ whose mAP against FP32's strong detections is lower is refused
-GOOD_AGREEMENT = 0.9  # ... and below this the other calibrators are tried too, the best kept (traffic_lights,
-# 2026-11-28: entropy 0.862 and -4.1 mAP points, percentile 1.000 and -1.0)
 TRUSTED_SCORE = 0.5  # ... unless FP32's best detection scores lower (an untrained model: the check cannot judge)
 QAT_MATCH_MIN = 0.95  # QAT: share of the Keras QAT model's detections (and back) the INT8 graph must reproduce
 GENERATED_NAME = re.compile(r"__(\d+)(?=:\d+$|$|/)")  # tf2onnx's make_name suffix
@@ -354,8 +352,7 @@ def check_int8(expected, int8_proto, held_back, class_count, label, untied=False
 def _calibrated_int8(proto, batches, held_back, class_count, options):
     """(Q/DQ ONNX, {tensor: scale}, calibrator, check summary) of the first calibrator, starting with
     options.calibrator and falling back to percentile then max (saying so), whose INT8 detections
-    agree well with FP32's on the held-back images (mAP against FP32's strong detections >=
-    GOOD_AGREEMENT); when none does, the best of those at least AGREEMENT_MIN.
+    agree with FP32's on the held-back images (mAP against FP32's strong detections >= AGREEMENT_MIN).
     None agreeing is a FrcnnError naming the most clipped and diverging tensors (the model and cache
     would not detect what the float model detects), unless FP32's best detection scores below
     TRUSTED_SCORE: then the best calibration is written with a warning."""
@@ -363,16 +360,10 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
     if held_back is None:
         logging.warning("no image left to check the INT8 model on (all went to calibration)")
     expected = None if held_back is None else _onnx_detections(proto, held_back)  # FP32, once for every try
-    attempts, tries, acceptable = [], [], []
+    attempts, tries = [], []
 
     def chosen(quantized, scales, method, summary):
         return quantized, scales, method, {**summary, "fallback_from": attempts} if summary else {}
-
-    def report(method, score):
-        diverged = bool(tries) and tries[0][3] == options.calibrator
-        (logging.warning if method != options.calibrator else logging.info)(
-            "INT8 with %s calibration %s FP32 (%s); using %s calibration, whose mAP against FP32 is %.4f",
-            options.calibrator, "diverged from" if diverged else "agreed less with", "; ".join(attempts), method, score)
 
     for method in dict.fromkeys((options.calibrator, "percentile", "max")):
         ranges = ranges_of(histograms, method, options.percentile)
@@ -382,26 +373,17 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
         quantized = onnx_graph.quantize_for_tensorrt(proto, scales)
         summary = {} if held_back is None else check_int8(expected, quantized, held_back, class_count, "FP32")
         score = summary.get("map_vs_reference")
-        if score is None or score >= GOOD_AGREEMENT:
+        if score is None or score >= AGREEMENT_MIN:
             if attempts:
-                report(method, score)
+                logging.warning("INT8 with %s calibration diverged from FP32 (%s); using %s calibration, whose "
+                                "mAP against FP32 is %.4f", options.calibrator, "; ".join(attempts), method, score)
             return chosen(quantized, scales, method, summary)
-        if score >= AGREEMENT_MIN:  # usable; another calibrator may keep more of FP32's detections
-            logging.info("%s calibration: mAP %.4f against FP32's strong detections, below %.1f: trying the next "
-                         "calibrator", method, score, GOOD_AGREEMENT)
-            acceptable.append((score, quantized, scales, method, summary))
-            attempts.append(f"{method}: mAP {score:.4f}")
-            continue
         worst = divergence_report(proto, quantized, held_back)
         logging.warning("%s calibration: INT8 diverges from FP32 (mAP %.4f against its strong detections); most "
                         "diverging tensors: %s", method, score, "; ".join(worst))
         attempts.append(f"{method}: mAP {score:.4f}, most clipped {clipping_report(ranges, 1)[0]}, most diverging "
                         f"{worst[0]}")
         tries.append((score, quantized, scales, method, summary))
-    if acceptable:  # the first of the best
-        score, quantized, scales, method, summary = max(acceptable, key=lambda attempt: attempt[0])
-        report(method, score)
-        return chosen(quantized, scales, method, summary)
     if summary["reference_best_score"] < TRUSTED_SCORE:  # an untrained model's detections are noise
         score, quantized, scales, method, summary = max(tries, key=lambda attempt: attempt[0])
         logging.warning("FP32's best detection on the held-back images scores %.3f (< %.1f): the model looks "
