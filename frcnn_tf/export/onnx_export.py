@@ -397,19 +397,20 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
 
 
 def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=None, qat_detector=None):
-    """(Q/DQ ONNX, {tensor: scale}, cache method, check summary) for a QAT graph (`trained`: its
-    quantize.TrainedScales from export_graph; `qat_detector` runs the Keras QAT model) or a float graph
-    (calibrated on images). The INT8 graph is checked against its reference on held-back images."""
+    """(Q/DQ ONNX, {tensor: scale}, cache method, check summary, held-back images or None) for a QAT
+    graph (`trained`: its quantize.TrainedScales from export_graph; `qat_detector` runs the Keras QAT
+    model) or a float graph (calibrated on images). The INT8 graph is checked against its reference on
+    the held-back images."""
     if trained is not None:
         quantized, scales = onnx_graph.qat_to_qdq(proto, trained.weights, trained.activations)
         try:
             held_back = calibration_batches(spec, dataclasses.replace(options, batches=0), image_paths)[1]
         except (FrcnnError, OSError, tf.errors.OpError) as err:  # the data may live elsewhere: a report only
             logging.warning("not checking the INT8 model against the Keras QAT model (no images: %s)", err)
-            return quantized, scales, "qat", {}
+            return quantized, scales, "qat", {}, None
         if held_back is None:
             logging.warning("not checking the INT8 model against the Keras QAT model (no images)")
-            return quantized, scales, "qat", {}
+            return quantized, scales, "qat", {}, None
         summary = check_int8(qat_detector(held_back), quantized, held_back, class_count, "the Keras QAT model",
                              untied=True)
         if min(summary["matched"], summary["matched_back"]) < QAT_MATCH_MIN:  # the same arithmetic: a defect
@@ -417,26 +418,23 @@ def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=N
                              f"detections on {len(held_back)} held-back images ({100 * summary['matched_back']:.1f}% "
                              f"back), below {100 * QAT_MATCH_MIN:.0f}%: it does not compute what QAT trained; "
                              "nothing is written. Please report this with the model")
-        return quantized, scales, "qat", summary
+        return quantized, scales, "qat", summary, held_back
     batches, held_back = calibration_batches(spec, options, image_paths)
-    return _calibrated_int8(proto, batches, held_back, class_count, options)
+    return (*_calibrated_int8(proto, batches, held_back, class_count, options), held_back)
 
 
-def onnxruntime_int8(quantized, scales, trained, spec, options, image_paths, class_count):
+def onnxruntime_int8(quantized, scales, trained, held_back, class_count):
     """(INT8 graph for onnxruntime's fused kernels, check summary): onnx_graph.for_onnxruntime of the
     TensorRT-form graph `quantized` with the same scales (PTQ: every calibrated tensor's scale may
     quantize a conv's output; QAT: the trained scales only), checked against the TensorRT-form
-    graph on the first calibration batch. A FrcnnError when its detections diverge, unless that
-    graph's best detection scores below TRUSTED_SCORE (an untrained model: a warning, as for PTQ)."""
+    graph on the held-back images quantize_int8 checked it on (None: not checked). A FrcnnError when
+    its detections diverge, unless that graph's best detection scores below TRUSTED_SCORE (an
+    untrained model: a warning, as for PTQ)."""
     layout = onnx_graph.for_onnxruntime(quantized, None if trained is not None else scales)
-    try:
-        images = calibration_batches(spec, dataclasses.replace(options, batches=1), image_paths)[0]
-    except (FrcnnError, OSError, tf.errors.OpError) as err:  # the data may live elsewhere: a report only
-        logging.warning("not checking the onnxruntime INT8 graph (no images: %s)", err)
+    if held_back is None:
+        logging.warning("not checking the onnxruntime INT8 graph (no held-back images)")
         return layout, {}
-    if not images:
-        return layout, {}
-    summary = check_int8(_onnx_detections(quantized, images[0]), layout, images[0], class_count,
+    summary = check_int8(_onnx_detections(quantized, held_back), layout, held_back, class_count,
                          "the TensorRT-form INT8 graph", fused_int8=True)
     score = summary["map_vs_reference"]
     if score is not None and score < AGREEMENT_MIN and summary["reference_best_score"] < TRUSTED_SCORE:
@@ -444,9 +442,9 @@ def onnxruntime_int8(quantized, scales, trained, spec, options, image_paths, cla
                         "so the check cannot judge the onnxruntime graph (mAP %.4f against it); writing it",
                         summary["reference_best_score"], TRUSTED_SCORE, score)
     elif score is not None and score < AGREEMENT_MIN:
-        raise FrcnnError(f"the onnxruntime INT8 graph diverges from the TensorRT-form one (mAP "
-                         f"{summary['map_vs_reference']:.4f} against its strong detections on {len(images[0])} "
-                         "images); nothing is written. Export with --target tensorrt")
+        raise FrcnnError(f"the onnxruntime INT8 graph diverges from the TensorRT-form one (mAP {score:.4f} against "
+                         f"its strong detections on {len(held_back)} images); nothing is written. Export with "
+                         "--target tensorrt")
     return layout, summary
 
 
@@ -492,11 +490,11 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
         names, weights = _names_and_weights(metadata, spec)
         qat_detector = KerasDetector(FasterRCNN(model), names, DetectionSettings.from_section(section, weights)) \
             if trained is not None else None
-        proto, scales, method, info["int8_check"] = quantize_int8(proto, len(info["class_names"]), spec, int8,
-                                                                  image_paths, trained, qat_detector)
+        proto, scales, method, info["int8_check"], held_back = quantize_int8(
+            proto, len(info["class_names"]), spec, int8, image_paths, trained, qat_detector)
         info["calibrator"] = method
         if int8.target == "onnxruntime":
-            proto, info["onnxruntime_check"] = onnxruntime_int8(proto, scales, trained, spec, int8, image_paths,
+            proto, info["onnxruntime_check"] = onnxruntime_int8(proto, scales, trained, held_back,
                                                                 len(info["class_names"]))
         else:
             info["cal_cache_file"] = os.path.basename(cache_path)

@@ -32,9 +32,13 @@ def _producers_of(nodes):
 
 
 def _consumers(graph):
+    return _consumers_of(graph.node)
+
+
+def _consumers_of(nodes):
     """{tensor: [nodes reading it]}; a subgraph's reads of outer tensors count as its node's."""
     found = {}
-    for node in graph.node:
+    for node in nodes:
         for name in set(node.input) | _subgraph_reads(node):
             found.setdefault(name, []).append(node)
     return found
@@ -140,7 +144,7 @@ class _QdqBuilder:
     def __init__(self, graph):
         self.graph, self.nodes, self.made = graph, [], {}
 
-    def constant(self, name, value):
+    def _constant(self, name, value):
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -148,13 +152,26 @@ class _QdqBuilder:
         """Name of DQ(Q(tensor)) (`output`, default `<tensor>__dq`) for a per-tensor float32 scale."""
         if tensor not in self.made:
             output = output or f"{tensor}__dq"
-            inputs = [tensor, self.constant(f"{output}__scale", np.float32(scale)),
-                      self.constant(f"{output}__zero_point", np.zeros((), np.int8))]
+            inputs = [tensor, self._constant(f"{output}__scale", np.float32(scale)),
+                      self._constant(f"{output}__zero_point", np.zeros((), np.int8))]
             self.nodes.append(helper.make_node("QuantizeLinear", inputs, [f"{output}__q"], name=f"{output}__quantize"))
             self.nodes.append(helper.make_node("DequantizeLinear", [f"{output}__q", *inputs[1:]], [output],
                                                name=f"{output}__dequantize"))
             self.made[tensor] = output
         return self.made[tensor]
+
+    def dequantized_bias(self, name, values, scale):
+        """Name of DequantizeLinear(INT32 bias, per-channel `scale`) for float `values` [C], or None
+        when a value exceeds INT32 (a channel of zero weights has a tiny scale)."""
+        steps = np.round(values.astype(np.float64) / scale)
+        if np.abs(steps).max(initial=0) > np.iinfo(np.int32).max:
+            return None
+        inputs = [self._constant(f"{name}__int32", steps.astype(np.int32)),
+                  self._constant(f"{name}__int32__scale", scale.astype(np.float32)),
+                  self._constant(f"{name}__int32__zero_point", np.zeros(scale.shape, np.int32))]
+        self.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__int32__dq"],
+                                           name=f"{name}__int32__dequantize", axis=0))
+        return f"{name}__int32__dq"
 
     def drain(self):
         """The Q/DQ nodes made since the last call (to insert before their consumer)."""
@@ -175,8 +192,8 @@ class _QdqBuilder:
             if np.abs(integers).max(initial=0) > WEIGHT_INT8_MAX:
                 raise FrcnnError(f"{name}: a weight exceeds 127 steps of its scale")
             quantized = integers.astype(np.int8)
-            inputs = [self.constant(f"{name}__int8", quantized), self.constant(f"{name}__scale", scale),
-                      self.constant(f"{name}__zero_point", np.zeros(scale.shape, np.int8))]
+            inputs = [self._constant(f"{name}__int8", quantized), self._constant(f"{name}__scale", scale),
+                      self._constant(f"{name}__zero_point", np.zeros(scale.shape, np.int8))]
             self.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__dq"], name=f"{name}__dequantize",
                                                axis=axis))
             self.made[name] = f"{name}__dq"
@@ -366,10 +383,7 @@ def _reads_dequantized(node, producers, initializers):
 
 def _activations_to_uint8(nodes, graph, initializers, producers):
     """Rewrites each per-tensor activation Q and its DQs to UINT8 (see for_onnxruntime)."""
-    readers = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _consumers_of(nodes)
     for node in nodes:
         if node.op_type != "QuantizeLinear" or _scale_value(initializers, node.input[1]).ndim:
             continue
@@ -384,16 +398,9 @@ def _quantize_bias(conv, producers, initializers, builder):
     """Points a fused-to-be Conv's float bias at an INT32 DequantizeLinear (scale s_x x s_w[c])."""
     activation, weight = (producers[name] for name in conv.input[:2])
     scale = _scale_value(initializers, activation.input[1]) * _scale_value(initializers, weight.input[1])
-    steps = np.round(numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64) / scale)
-    if np.abs(steps).max(initial=0) > np.iinfo(np.int32).max:
-        return
-    name = f"{conv.input[2]}__int32"
-    inputs = [builder.constant(name, steps.astype(np.int32)),
-              builder.constant(f"{name}__scale", scale.astype(np.float32)),
-              builder.constant(f"{name}__zero_point", np.zeros(scale.shape, np.int32))]
-    builder.nodes.append(helper.make_node("DequantizeLinear", inputs, [f"{name}__dq"], name=f"{name}__dequantize",
-                                          axis=0))
-    conv.input[2] = f"{name}__dq"
+    dequantized = builder.dequantized_bias(conv.input[2], numpy_helper.to_array(initializers[conv.input[2]]), scale)
+    if dequantized:
+        conv.input[2] = dequantized
 
 
 def with_outputs(model, names):
