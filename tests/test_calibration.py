@@ -73,6 +73,19 @@ def test_entropy_clips_rare_outliers():
     assert entropy_amax(histogram) == pytest.approx(1.0, rel=0.02)
 
 
+def test_entropy_never_clips_more_than_the_percentile_allows():
+    """|x| ~ lognormal(0, 1): TensorRT's KL threshold clips ~0.05 % of the values; amax_of's entropy is
+    raised to the 99.99th percentile, exp(3.719) = 41.2 (3.719: the standard normal's 99.99 % point),
+    and then clips at most 0.01 %."""
+    histogram = _histogram(np.random.default_rng(8).lognormal(0.0, 1.0, 1_000_000))
+    assert calibration.clipped_share(histogram, entropy_amax(histogram)) > 3e-4
+    amax = calibration.amax_of(histogram, "entropy")
+    assert amax == percentile_amax(histogram, 99.99) == pytest.approx(np.exp(3.719), rel=0.05)
+    assert calibration.clipped_share(histogram, amax) <= 1e-4
+    uniform = _histogram(np.random.default_rng(0).uniform(-1.0, 1.0, 1_000_000))  # entropy clips nothing: kept
+    assert calibration.amax_of(uniform, "entropy") == entropy_amax(uniform)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("draw", [lambda rng: rng.normal(0, 1, 500_000), lambda rng: rng.laplace(0, 1, 500_000),
                                   lambda rng: np.maximum(rng.normal(0.5, 1, 500_000), 0)])

@@ -67,9 +67,10 @@ def percentile_amax(histogram, percentile=99.99):
 
 
 def entropy_amax(histogram, start_bin=128, quantized_bins=128):
-    """TensorRT's entropy calibration (EntropyCalibration2): the clipping threshold whose 128-level
-    quantization of the |x| histogram has the least KL divergence from the clipped histogram
-    (values above the threshold folded into the last bin). Ties go to the larger threshold."""
+    """TensorRT's entropy calibration (EntropyCalibration2), unbounded (amax_of bounds it): the clipping
+    threshold whose 128-level quantization of the |x| histogram has the least KL divergence from the
+    clipped histogram (values above the threshold folded into the last bin). Ties go to the larger
+    threshold."""
     counts = histogram.counts.astype(np.float64)
     if histogram.max == 0.0 or counts.sum() == 0:
         return 0.0
@@ -110,8 +111,14 @@ def clipped_share(histogram, amax):
 
 
 def amax_of(histogram, method, percentile=99.99):
+    """amax of `method`. `entropy` is TensorRT's threshold raised, where it clips more, to the
+    `percentile` one: it never clips more than (100 - percentile) % of a tensor's values. KL divergence
+    over the whole histogram weighs the rare large values by their count, and in a detector of small
+    bright objects they are the objects: on traffic_lights, three calibration samples, entropy clipped
+    up to 0.28 % of an early ReLU output's values and lost 1.9-4.4 mAP points, bounded 0.7-1.2 (its
+    FP32 0.4049); on the sample data both stayed within 0.5 points."""
     if method == "entropy":
-        return entropy_amax(histogram)
+        return max(entropy_amax(histogram), percentile_amax(histogram, percentile))
     if method == "percentile":
         return percentile_amax(histogram, percentile)
     if method == "max":

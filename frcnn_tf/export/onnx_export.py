@@ -262,9 +262,10 @@ def calibrate(proto, batches):
 
 def ranges_of(histograms, method, percentile=99.99):
     """{tensor: TensorRange}: `method` chooses the range of each tensor that is never negative (ReLU
-    outputs, pooled features); a tensor that takes negative values (the graph input: preprocessed
-    pixels) keeps its full range (max): entropy calibration of a dark image's pixels clips the few
-    bright ones, which may be the objects."""
+    outputs, pooled features; entropy never clipping more than (100 - percentile) % of the values,
+    calibration.amax_of); a tensor that takes negative values (the graph input: preprocessed pixels)
+    keeps its full range (max): entropy calibration of a dark image's pixels clips the few bright
+    ones, which may be the objects."""
     ranges = {}
     for name, histogram in histograms.items():
         chosen = "max" if histogram.negative else method
