@@ -41,7 +41,8 @@ def _load_default_spec(load, name):
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartOptions:
-    """Sizes of the run; the defaults took 16 minutes on 2 CPU cores (AMD EPYC with native bfloat16; README "The main job").
+    """Sizes of the run; the defaults took 16 minutes on 2 CPU cores (AMD EPYC with native bfloat16;
+    README "The main job").
 
     The recipe trains from scratch (README "The main job", "The recipe"): one image
     per step with 16 RoIs, ground-truth boxes added to the proposals (TLT's gt_as_roi) so that the
