@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from frcnn_tf.errors import FrcnnError
+from frcnn_tf import calibrators
+from frcnn_tf.calibrators import AbsHistogram, entropy_amax, percentile_amax
 from frcnn_tf.export import calibration
-from frcnn_tf.export.calibration import AbsHistogram, entropy_amax, percentile_amax
 
 
 def _histogram(values):
@@ -55,7 +56,7 @@ def test_histogram_range_doubles_and_keeps_counts():
 def test_max_and_percentile():
     values = np.linspace(-1.0, 1.0, 200001)
     histogram = _histogram(values)
-    assert calibration.max_amax(histogram) == 1.0
+    assert calibrators.max_amax(histogram) == 1.0
     assert percentile_amax(histogram, 99.0) == pytest.approx(0.99, abs=1e-3)
     assert percentile_amax(histogram, 100.0) == pytest.approx(1.0)
 
@@ -78,12 +79,29 @@ def test_entropy_never_clips_more_than_the_percentile_allows():
     raised to the 99.99th percentile, exp(3.719) = 41.2 (3.719: the standard normal's 99.99 % point),
     and then clips at most 0.01 %."""
     histogram = _histogram(np.random.default_rng(8).lognormal(0.0, 1.0, 1_000_000))
-    assert calibration.clipped_share(histogram, entropy_amax(histogram)) > 3e-4
-    amax = calibration.amax_of(histogram, "entropy")
+    assert calibrators.clipped_share(histogram, entropy_amax(histogram)) > 3e-4
+    amax = calibrators.amax_of(histogram, "entropy")
     assert amax == percentile_amax(histogram, 99.99) == pytest.approx(np.exp(3.719), rel=0.05)
-    assert calibration.clipped_share(histogram, amax) <= 1e-4
+    assert calibrators.clipped_share(histogram, amax) <= 1e-4
     uniform = _histogram(np.random.default_rng(0).uniform(-1.0, 1.0, 1_000_000))  # entropy clips nothing: kept
-    assert calibration.amax_of(uniform, "entropy") == entropy_amax(uniform)
+    assert calibrators.amax_of(uniform, "entropy") == entropy_amax(uniform)
+
+
+def test_ranges_keep_the_network_input_whole_and_calibrate_the_rest():
+    """Two tensors of the same values: 10000 spread evenly over [0, 1) in 0.0001 steps and 1 of them
+    moved to 5: the input (named in full_range) keeps 5; percentile 99.99 of the other clips the 5 at the
+    upper edge of the bin where the 9999th value lies (0.9998 in a bin of 5 / 2048)."""
+    values = np.arange(10000, dtype=np.float32) / 10000
+    values[-1] = 5.0
+    histograms = {}
+    for name in ("input_image", "relu"):
+        histograms[name] = calibrators.AbsHistogram()
+        histograms[name].update(values)
+    ranges = calibrators.ranges_of(histograms, "percentile", full_range={"input_image"})
+    assert ranges["input_image"] == calibrators.TensorRange(5.0, "max", 5.0, 0.0)
+    assert ranges["relu"].method == "percentile" and ranges["relu"].clipped == 1e-4
+    assert ranges["relu"].amax == pytest.approx(410 * 5 / 2048)  # 0.9998 lies in bin 409: [0.99854, 1.00098)
+    assert calibrators.clipping_report(ranges, 1) == ["relu: amax 1.001 of max 5 (percentile), 0.010% clipped"]
 
 
 @pytest.mark.slow
@@ -150,11 +168,10 @@ def test_malformed_cache_names_the_line(tmp_path):
         calibration.read_cache(str(path))
 
 
-def test_histograms_know_negative_tensors_and_clipped_shares():
-    histogram = calibration.AbsHistogram()
+def test_histograms_of_magnitudes_and_clipped_shares():
+    histogram = calibrators.AbsHistogram()
     histogram.update(np.array([0.5, 1.0, 2.0], np.float32))
-    assert not histogram.negative
     histogram.update(np.array([-3.0], np.float32))  # |x| 0.5, 1, 2, 3; the range doubled to 4 (bins of 1 / 512)
-    assert histogram.negative and histogram.max == 3.0
-    assert calibration.clipped_share(histogram, 2.5) == 0.25  # only 3 lies above
-    assert calibration.clipped_share(histogram, 0.25) == 1.0 and calibration.clipped_share(histogram, 3.0) == 0.0
+    assert histogram.max == 3.0 and histogram.range == 4.0
+    assert calibrators.clipped_share(histogram, 2.5) == 0.25  # only 3 lies above
+    assert calibrators.clipped_share(histogram, 0.25) == 1.0 and calibrators.clipped_share(histogram, 3.0) == 0.0

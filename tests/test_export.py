@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from conftest import REPO
+from frcnn_tf import calibrators
 from frcnn_tf.data.pipeline import InputPipeline
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.evaluation import evaluate_detector
@@ -239,8 +240,8 @@ def test_a_broken_calibration_falls_back_or_is_refused_and_writes_nothing(export
 
     path, checkpoint, _ = exported
     options = Int8Options(cal_image_dir=str(traffic_lights / "images"), batch_size=4, batches=2)
-    amax_of = calibration.amax_of
-    monkeypatch.setattr(calibration, "amax_of", lambda histogram, method, percentile=None:
+    amax_of = calibrators.amax_of
+    monkeypatch.setattr(calibrators, "amax_of", lambda histogram, method, percentile=None:
                         histogram.max / 1000 if method == "entropy" else amax_of(histogram, method, percentile))
     with caplog.at_level("WARNING"):
         info = run_export(path, checkpoint, str(tmp_path / "m.onnx"), "int8", int8=options)
@@ -248,7 +249,7 @@ def test_a_broken_calibration_falls_back_or_is_refused_and_writes_nothing(export
     assert info["calibrator"] in ("percentile", "max") and info["int8_check"]["map_vs_reference"] >= 0.5
     assert "INT8 with entropy calibration diverged from FP32 (entropy: mAP 0." in caplog.text
     assert f"using {info['calibrator']} calibration, whose mAP against FP32 is" in caplog.text
-    monkeypatch.setattr(calibration, "amax_of", lambda histogram, method, percentile=None: histogram.max / 1000)
+    monkeypatch.setattr(calibrators, "amax_of", lambda histogram, method, percentile=None: histogram.max / 1000)
     monkeypatch.setattr(onnx_export, "TRUSTED_SCORE", 0.0)  # the 6-step model's scores are low: judge it anyway
     with pytest.raises(FrcnnError, match=r"INT8 calibration diverges from FP32: on 4 held-back images .* with every "
                                          r"calibrator \(entropy: mAP 0\.\d+, most clipped \S+: amax .*"

@@ -101,7 +101,7 @@ def _continuous_step():
 
 def _tensor_quantize():
     # the exported form (QuantizeAndDequantizeV2) over a trained range of 0.8
-    return quantize.TensorQuantize(decay=0.9, for_export=True, name="quantize_case"), _random(12, 2, 5, 3), \
+    return quantize.TensorQuantize(for_export=True, name="quantize_case"), _random(12, 2, 5, 3), \
         lambda layer: layer.amax.assign(0.8)
 
 

@@ -28,7 +28,8 @@ def test_qat_model_structure_and_training(tmp_path):
     model = build_model(spec)
     convs = [layer.name for layer in model.layers if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense))]
     assert len(convs) == 30  # 20 backbone + 3 RPN + 5 block-4 convs, 2 dense heads (all_projections)
-    qat = quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS)
+    images = np.random.default_rng(1).normal(0, 50, [2, 64, 96, 3]).astype(np.float32)
+    qat, _ = quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS, [images])
     assert sorted(quantize.fake_quant_layers(qat)) == sorted(convs)
     for name in ("proposal", "roi_pooling", "rcnn_class", "rcnn_regress"):
         assert not isinstance(qat.get_layer(name), quantize.tfmot.quantization.keras.QuantizeWrapperV2)
@@ -81,13 +82,13 @@ def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records,
     with pytest.raises(FrcnnError, match="is a QAT model but training_config.enable_qat is false"):
         train(spec, max_steps_per_epoch=3)
     _check_qat_int8_export(path, result["checkpoints"][0], tmp_path)
-    # a QAT checkpoint resumes as QAT, its ranges carried on
+    # a QAT checkpoint resumes as QAT, its calibrated ranges kept
     spec.training_config.enable_qat, spec.training_config.num_epochs = True, 2
     ranges = quantize.activation_quantizers(model)
     resumed = train(spec, max_steps_per_epoch=1)["checkpoints"]
     assert [pathlib.Path(p).name for p in resumed] == ["qat.epoch2.hdf5"]
     after = quantize.activation_quantizers(checkpoints.load_model(resumed[0])[0])
-    assert after.keys() == ranges.keys() and all(0 < after[n] < 2 * ranges[n] for n in ranges)  # EMA, not reset
+    assert after == ranges and all(amax > 0 for amax in ranges.values())  # not recalibrated, not trained
 
 
 def _check_qat_int8_export(spec_path, checkpoint, tmp_path):

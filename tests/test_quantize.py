@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf2onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from frcnn_tf import quantize
+from frcnn_tf import calibrators, quantize
 from frcnn_tf.detectors import onnx_session
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import onnx_graph, tensorrt_rules
@@ -53,10 +53,11 @@ def test_tensor_quantize_equals_onnxruntime_qdq_bit_for_bit():
     layer = quantize.TensorQuantize()
     rng = np.random.default_rng(0)
     first = rng.normal(0, 3, [4, 8, 8, 16]).astype(np.float32)
-    layer(first, training=True)  # the first batch sets amax = max|x|
+    uncalibrated = layer(first, training=True).numpy()  # amax 0: every value clamps to +-128 of the least step
+    assert np.abs(uncalibrated).max() <= 128 * quantize.activation_scale(0.0).numpy() < 1e-11
+    layer.amax.assign(np.abs(first).max())
+    layer(4 * first, training=True)  # training keeps the calibrated range
     assert layer.amax.numpy() == np.abs(first).max()
-    layer(2 * first, training=True)  # then a moving average with decay 0.99
-    np.testing.assert_allclose(layer.amax.numpy(), 1.01 * np.abs(first).max(), rtol=1e-6)
     scale = quantize.activation_scale(layer.amax).numpy()
     assert scale == 2.0 ** np.ceil(np.log2(layer.amax.numpy() / 127))  # a power of two
     # values on exact half steps, beyond the range, and ordinary ones
@@ -100,9 +101,13 @@ def _conv_bn_model():
     return model
 
 
+def _images(seed=3, count=2):
+    return np.random.default_rng(seed).normal(0, 1, [count, 6, 6, 3]).astype(np.float32)
+
+
 def test_qat_conversion_folds_batch_norm_and_places_quantizers_where_tensorrt_reads_int8():
     float_model = _conv_bn_model()
-    qat = quantize.quantize_model(float_model, {})
+    qat, _ = quantize.quantize_model(float_model, {}, [_images()])
     assert sorted(quantize.fake_quant_layers(qat)) == ["conv", "head", "shortcut"]
     assert not [layer for layer in qat.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
     # one per tensor a conv or the residual add reads: the image (conv and shortcut share it), the ReLU, both add inputs
@@ -123,16 +128,40 @@ def test_qat_conversion_folds_batch_norm_and_places_quantizers_where_tensorrt_re
     assert quantize.is_quantized(qat) and not quantize.is_quantized(float_model)
     # before quantization the folded model is the float model in inference mode
     head = tf.keras.Model(float_model.input, float_model.get_layer("relu").output)
-    images = np.random.default_rng(3).normal(0, 1, [2, 6, 6, 3]).astype(np.float32)
+    images = _images()
     folded = tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "SAME") + bias).numpy()
     np.testing.assert_allclose(folded, head(images, training=False).numpy(), atol=1e-5)
 
 
+def test_conversion_calibrates_ranges_the_image_whole_others_bounded_entropy_and_training_keeps_them():
+    """One image of 100000 exponentially distributed values (mean 1), read by a conv directly and through a
+    ReLU: the same values, two rules. The image keeps its whole range (its max); the ReLU gets TensorRT's
+    entropy threshold, below the max but above the 99.99th percentile (ln 10^4 = 9.21: the 0.01 % bound)."""
+    image = tf.keras.Input([100, 500, 1], name="image")
+    direct = tf.keras.layers.Conv2D(1, 1, name="direct")(image)
+    rectified = tf.keras.layers.Conv2D(1, 1, name="rectified")(tf.keras.layers.ReLU(name="relu")(image))
+    float_model = tf.keras.Model(image, [direct, rectified])
+    values = np.random.default_rng(0).exponential(1.0, [2, 100, 500, 1]).astype(np.float32)
+    qat, ranges = quantize.quantize_model(float_model, {}, [values[:1], values[1:]])  # two batches
+    image_range, relu = ranges["image_quantize"], ranges["relu_quantize"]
+    assert image_range.method == "max" and image_range.amax == values.max() and image_range.clipped == 0.0
+    assert relu.method == "entropy" and relu.max == values.max() and np.log(1e4) < relu.amax < values.max()
+    assert 0 < relu.clipped <= 1e-4
+    histogram = calibrators.AbsHistogram()
+    histogram.update(values[0])
+    histogram.update(values[1])
+    assert relu.amax == calibrators.amax_of(histogram, "entropy")
+    trained = {"image_quantize": image_range.amax, "relu_quantize": float(np.float32(relu.amax))}  # float32 variables
+    assert quantize.activation_quantizers(qat) == trained
+    qat(values * 3, training=True)  # training keeps the calibrated ranges
+    assert quantize.activation_quantizers(qat) == trained
+    with pytest.raises(FrcnnError, match="no images to calibrate the QAT model's activation ranges"):
+        quantize.quantize_model(float_model, {}, [])
+
+
 def test_the_exported_qdq_graph_computes_what_training_computed_bit_for_bit():
-    qat = quantize.quantize_model(_conv_bn_model(), {})
-    rng = np.random.default_rng(2)
-    images = rng.normal(0, 1, [8, 6, 6, 3]).astype(np.float32)
-    qat(images, training=True)
+    images = _images(2, 8)
+    qat, _ = quantize.quantize_model(_conv_bn_model(), {}, [images])
     deployable, trained_scales = quantize.deployable_model(qat, {})
     trained_integers, trained_scale = quantize.weight_integers(quantize.folded_kernel(qat.get_layer("quant_conv")))
     kernel, _ = deployable.get_layer("conv").get_weights()
@@ -182,11 +211,11 @@ def test_tfmot_default_scheme_is_refused():
     legacy = tfmot.quantization.keras.quantize_model(_conv_bn_model())
     with pytest.raises(FrcnnError, match="m.hdf5: a QAT model of tfmot's default 8-bit scheme"):
         quantize.check_scheme(legacy, "m.hdf5")
-    quantize.check_scheme(quantize.quantize_model(_conv_bn_model(), {}), "m.hdf5")
+    quantize.check_scheme(quantize.quantize_model(_conv_bn_model(), {}, [_images()])[0], "m.hdf5")
 
 
 def test_a_qat_model_with_batch_norm_multiplied_into_its_kernels_is_refused():
-    config = quantize.quantize_model(_conv_bn_model(), {}).get_config()
+    config = quantize.quantize_model(_conv_bn_model(), {}, [_images()])[0].get_config()
     for layer in config["layers"]:
         if layer["class_name"] == "TensorRTQuantizeWrapper":
             layer["config"]["quantize_config"]["config"] = {}  # stop 24's checkpoints: no channel_scale

@@ -1,9 +1,9 @@
 """export: a trained model to ONNX (FP32, FP16, INT8 + calibration cache) for TensorRT / onnxruntime."""
 from absl import flags
 
+from frcnn_tf.calibrators import CALIBRATORS, DEFAULT_PERCENTILE
 from frcnn_tf.cli import run_main
 from frcnn_tf.errors import FrcnnError
-from frcnn_tf.export.calibration import CALIBRATORS
 
 flags.DEFINE_string("model", None, "Trained model (.hdf5 / .tlt).", short_name="m")
 flags.DEFINE_string("output_file", None, "ONNX file to write.", short_name="o")
@@ -14,7 +14,7 @@ flags.DEFINE_string("cal_image_dir", None, "INT8: calibration images (default: t
 flags.DEFINE_integer("batch_size", 8, "INT8: images per calibration batch.")
 flags.DEFINE_integer("batches", 10, "INT8: calibration batches.")
 flags.DEFINE_enum("calibrator", "entropy", list(CALIBRATORS), "INT8: how ranges are chosen.")
-flags.DEFINE_float("percentile", 99.99, "INT8: percentile of |activation| for --calibrator percentile, and the least "
+flags.DEFINE_float("percentile", DEFAULT_PERCENTILE, "INT8: percentile of |activation| for --calibrator percentile, and the least "
                    "range --calibrator entropy keeps (it clips at most 100 - this % of values).")
 flags.DEFINE_string("trt_version", None, "INT8: TensorRT version the calibration cache is for, e.g. 10.3.0 "
                     "(default: the installed TensorRT's, else 10.3.0).")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from frcnn_tf.data.images import image_dataset, list_images
 from frcnn_tf.data.pipeline import InputPipeline, image_problem
 from frcnn_tf.detectors import KerasDetector, onnx_session, split_detections
-from frcnn_tf import metrics, quantize
+from frcnn_tf import calibrators, metrics, quantize
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import calibration, onnx_graph, tensorrt_rules, tf2onnx_handlers
 from frcnn_tf.io_utils import atomic_write_bytes, refuse_to_overwrite
@@ -155,7 +155,7 @@ class Int8Options:
     batch_size: int = 8
     batches: int = 10
     calibrator: str = "entropy"
-    percentile: float = 99.99
+    percentile: float = calibrators.DEFAULT_PERCENTILE
     trt_version: str = None  # TensorRT version written in the cache header (calibration.write_cache)
     target: str = "tensorrt"  # or "onnxruntime": the Q/DQ layout onnxruntime's CPU fusion runs (for_onnxruntime)
 
@@ -234,21 +234,11 @@ def calibration_batches(spec, options, image_paths=None):
     return batches[:-1], batches[-1]
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorRange:
-    """A calibrated tensor: amax, the calibrator that chose it, its largest |x|, the share of values clipped."""
-
-    amax: float
-    method: str
-    max: float
-    clipped: float
-
-
 def calibrate(proto, batches):
-    """{tensor: calibration.AbsHistogram} of the body's activation tensors of a float graph over the batches."""
+    """{tensor: calibrators.AbsHistogram} of the body's activation tensors of a float graph over the batches."""
     names = onnx_graph.body_tensors(proto.graph)
     session = onnx_session(onnx_graph.with_outputs(proto, names).SerializeToString())
-    histograms = {name: calibration.AbsHistogram() for name in names}
+    histograms = {name: calibrators.AbsHistogram() for name in names}
     seen = 0
     for images in tqdm(batches, desc="calibration", unit="batch", disable=None):
         for name, values in zip(names, session.run(names, {"input_image": images})):
@@ -258,27 +248,6 @@ def calibrate(proto, batches):
         raise FrcnnError("no calibration images: pass --cal_image_dir or check the spec's training tfrecords")
     logging.info("calibrated %d tensors on %d images", len(names), seen)
     return histograms
-
-
-def ranges_of(histograms, method, percentile=99.99):
-    """{tensor: TensorRange}: `method` chooses the range of each tensor that is never negative (ReLU
-    outputs, pooled features; entropy never clipping more than (100 - percentile) % of the values,
-    calibration.amax_of); a tensor that takes negative values (the graph input: preprocessed pixels)
-    keeps its full range (max): entropy calibration of a dark image's pixels clips the few bright
-    ones, which may be the objects."""
-    ranges = {}
-    for name, histogram in histograms.items():
-        chosen = "max" if histogram.negative else method
-        amax = calibration.amax_of(histogram, chosen, percentile)
-        ranges[name] = TensorRange(amax, chosen, histogram.max, calibration.clipped_share(histogram, amax))
-    return ranges
-
-
-def clipping_report(ranges, count=5):
-    """Lines naming the `count` tensors whose calibration clips the largest share of values."""
-    worst = sorted(ranges.items(), key=lambda item: -item[1].clipped)[:count]
-    return [f"{name}: amax {r.amax:.4g} of max {r.max:.4g} ({r.method}), {100 * r.clipped:.3f}% clipped"
-            for name, r in worst]
 
 
 def divergence_report(proto, quantized, images, count=3):
@@ -366,9 +335,10 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
     def chosen(quantized, scales, method, summary):
         return quantized, scales, method, {**summary, "fallback_from": attempts} if summary else {}
 
+    full_range = {graph_input.name for graph_input in proto.graph.input}  # the image, as QAT calibrates it
     for method in dict.fromkeys((options.calibrator, "percentile", "max")):
-        ranges = ranges_of(histograms, method, options.percentile)
-        for line in clipping_report(ranges):
+        ranges = calibrators.ranges_of(histograms, method, options.percentile, full_range)
+        for line in calibrators.clipping_report(ranges):
             logging.info("%s calibration, most clipped: %s", method, line)
         scales = calibration.scales_of({name: r.amax for name, r in ranges.items()})
         quantized = onnx_graph.quantize_for_tensorrt(proto, scales)
@@ -382,8 +352,8 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
         worst = divergence_report(proto, quantized, held_back)
         logging.warning("%s calibration: INT8 diverges from FP32 (mAP %.4f against its strong detections); most "
                         "diverging tensors: %s", method, score, "; ".join(worst))
-        attempts.append(f"{method}: mAP {score:.4f}, most clipped {clipping_report(ranges, 1)[0]}, most diverging "
-                        f"{worst[0]}")
+        attempts.append(f"{method}: mAP {score:.4f}, most clipped {calibrators.clipping_report(ranges, 1)[0]}, "
+                        f"most diverging {worst[0]}")
         tries.append((score, quantized, scales, method, summary))
     if summary["reference_best_score"] < TRUSTED_SCORE:  # an untrained model's detections are noise
         score, quantized, scales, method, summary = max(tries, key=lambda attempt: attempt[0])
@@ -461,8 +431,8 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
     section_name = "inference_config" if spec.HasField("inference_config") else "evaluation_config"
     section = require_section(spec, source, section_name)
     _check_tensorrt_limits(section, section_name, source)
-    if int8.calibrator not in calibration.CALIBRATORS:
-        raise FrcnnError(f"--calibrator {int8.calibrator}: choose one of {', '.join(calibration.CALIBRATORS)}")
+    if int8.calibrator not in calibrators.CALIBRATORS:
+        raise FrcnnError(f"--calibrator {int8.calibrator}: choose one of {', '.join(calibrators.CALIBRATORS)}")
     for flag, value in (("--batch_size", int8.batch_size), ("--batches", int8.batches)):
         if data_type == "int8" and value < 1:
             raise FrcnnError(f"{flag} {value}: calibration needs at least 1")

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from frcnn_tf import losses, quantize, schedules
+from frcnn_tf import calibrators, losses, quantize, schedules
 from frcnn_tf.data.pipeline import InputPipeline, WorkerShard, shard_sources
 from frcnn_tf.detectors import KerasDetector
 from frcnn_tf.errors import FrcnnError
@@ -135,8 +135,13 @@ def training_frcnn(model, spec):
                       rpn_sampling=RpnSampling.from_spec(spec), roi_sampling=RoiSampling.from_spec(spec))
 
 
-def _with_qat(model, spec, source):
-    """The model, converted to QAT when the spec enables it; a QAT model needs enable_qat."""
+QAT_CALIBRATION_BATCHES, QAT_CALIBRATION_BATCH_SIZE = 10, 8  # export's PTQ default (TLT's --batches, --batch_size)
+
+
+def _with_qat(model, spec, source, pipeline):
+    """The model, converted to QAT when the spec enables it, its activation ranges calibrated on the
+    first 10 x 8 images of the training stream (augmented, as export calibrates); a QAT model needs
+    enable_qat and keeps its ranges."""
     if quantize.is_quantized(model):
         quantize.check_scheme(model, source)
         if not spec.training_config.enable_qat:
@@ -144,18 +149,24 @@ def _with_qat(model, spec, source):
                              "set enable_qat: true (a QAT model cannot be trained in float)")
         return model
     if spec.training_config.enable_qat:
-        logging.info("enable_qat: converting the model to quantization-aware training")
-        return quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS)
+        logging.info("enable_qat: converting the model to quantization-aware training; calibrating its activation "
+                     "ranges on %d training images", QAT_CALIBRATION_BATCHES * QAT_CALIBRATION_BATCH_SIZE)
+        batches = pipeline.dataset(training=True, batch_size=QAT_CALIBRATION_BATCH_SIZE).take(QAT_CALIBRATION_BATCHES)
+        qat, ranges = quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS,
+                                              batches.map(lambda batch: batch["images"]))
+        for line in calibrators.clipping_report(ranges):
+            logging.info("QAT activation range %s", line)
+        return qat
     return model
 
 
-def _initial_model(spec, enc_key):
+def _initial_model(spec, enc_key, pipeline):
     """(Keras model, optimizer or None, first epoch index, metadata of the start model)."""
     training = spec.training_config
     if training.resume_from_model:
         model, metadata = checkpoints.load_model(training.resume_from_model, "resume_from_model", enc_key)
         epoch, saved_optimizer = checkpoints.epoch_of(training.resume_from_model), model.optimizer
-        model = _with_qat(model, spec, training.resume_from_model)
+        model = _with_qat(model, spec, training.resume_from_model, pipeline)
         if epoch >= training.num_epochs:
             raise FrcnnError(f"{training.resume_from_model}: the run is finished (epoch {epoch} of num_epochs "
                              f"{training.num_epochs}); raise training_config.num_epochs to train further")
@@ -166,12 +177,12 @@ def _initial_model(spec, enc_key):
         logging.info("retraining the pruned model %s", training.retrain_pruned_model)
         if not quantize.is_quantized(model):
             model = override_regularizers(model, training.regularizer)
-        return _with_qat(model, spec, training.retrain_pruned_model), None, 0, metadata
+        return _with_qat(model, spec, training.retrain_pruned_model, pipeline), None, 0, metadata
     model = build_model(spec)
     if training.pretrained_weights:
         _log_weight_loading(training.pretrained_weights,
                             checkpoints.load_matching_weights(model, training.pretrained_weights, enc_key))
-    return _with_qat(model, spec, "the new model"), None, 0, {}
+    return _with_qat(model, spec, "the new model", pipeline), None, 0, {}
 
 
 def _validate(spec, frcnn, metadata, writer, epoch):
@@ -335,7 +346,7 @@ def _train(spec, results_dir, strategy, role, scratch, max_steps_per_epoch, enc_
                  "per epoch", replicas, role.describe(strategy), batch_size, per_replica, replicas, steps)
 
     with strategy.scope():
-        model, saved_optimizer, first_epoch, metadata = _initial_model(spec, enc_key)
+        model, saved_optimizer, first_epoch, metadata = _initial_model(spec, enc_key, pipeline)
         frcnn = training_frcnn(model, spec)
         optimizer = build_training_optimizer(training, total_steps)
         examples_seen = 0
