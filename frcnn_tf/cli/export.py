@@ -14,8 +14,9 @@ flags.DEFINE_string("cal_image_dir", None, "INT8: calibration images (default: t
 flags.DEFINE_integer("batch_size", 8, "INT8: images per calibration batch.")
 flags.DEFINE_integer("batches", 10, "INT8: calibration batches.")
 flags.DEFINE_enum("calibrator", "entropy", list(CALIBRATORS), "INT8: how ranges are chosen.")
-flags.DEFINE_float("percentile", DEFAULT_PERCENTILE, "INT8: percentile of |activation| for --calibrator percentile, and the least "
-                   "range --calibrator entropy keeps (it clips at most 100 - this % of values).")
+flags.DEFINE_float("percentile", DEFAULT_PERCENTILE, "INT8: percentile of |activation| for --calibrator "
+                   "percentile, and the least range --calibrator entropy keeps (it clips at most 100 - this % of "
+                   "values).")
 flags.DEFINE_string("trt_version", None, "INT8: TensorRT version the calibration cache is for, e.g. 10.3.0 "
                     "(default: the installed TensorRT's, else 10.3.0).")
 flags.DEFINE_enum("target", "tensorrt", ["tensorrt", "onnxruntime"],

@@ -52,8 +52,8 @@ def parse_line(text):
     if not all(math.isfinite(v) for v in values):
         raise ValueError("fields must be finite numbers")
     return KittiObject(
-        label_class=fields[0], object_class=fields[0].lower(), truncation=values[0], occlusion=int(values[1]), alpha=values[2],
-        box=tuple(values[3:7]), dimensions=tuple(values[7:10]), location=tuple(values[10:13]),
+        label_class=fields[0], object_class=fields[0].lower(), truncation=values[0], occlusion=int(values[1]),
+        alpha=values[2], box=tuple(values[3:7]), dimensions=tuple(values[7:10]), location=tuple(values[10:13]),
         rotation_y=values[13])
 
 
