@@ -10,7 +10,7 @@ from conftest import REPO
 from frcnn_tf.detectors import onnx_session
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.export import onnx_graph
-from frcnn_tf.export.onnx_export import Int8Options, run_export
+from frcnn_tf.export.onnx_export import Int8Options, run_export, saturated_activations
 
 SCALES = {"x": 2.0 / 127, "a": 4.0 / 127, "b": 3.0 / 127, "c": 5.0 / 127}
 
@@ -77,6 +77,28 @@ def test_without_an_output_scale_the_conv_before_an_add_stays_float(tmp_path):
     fused = onnx_session(layout.SerializeToString(), fused_int8=True)
     # the same quantization points: only the INT32 biases' rounding differs (well below a step of a)
     assert np.abs(fused.run(None, {"x": x})[0] - reference.run(None, {"x": x})[0]).max() <= 0.5 * SCALES["a"]
+
+
+def test_a_relu_output_that_saturates_keeps_the_int8_clip(tmp_path):
+    """With a's range at a tenth of what it was (0.4), conv_a's ReLU output passes 127 steps on many values:
+    export finds it on the images, and the layout keeps INT8's zero point there (TensorRT's clip), so that
+    it computes what the TensorRT form computes; with zero point 0 those values would pass unclipped."""
+    scales = dict(SCALES, a=0.4 / 127)
+    tensorrt_form = onnx_graph.quantize_for_tensorrt(_residual_block(), scales)
+    assert onnx_graph.never_negative_activations(tensorrt_form) == {"a": pytest.approx(scales["a"])}
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 4, 6, 6)).astype(np.float32)
+    a = onnx_session(onnx_graph.with_outputs(tensorrt_form, ["a"]).SerializeToString()).run(["a"], {"x": x})[0]
+    share = float(np.mean(a >= 127.5 * np.float32(scales["a"])))
+    assert saturated_activations(tensorrt_form, x) == {"a": share} and share > 0.1
+    reference = onnx_session(tensorrt_form.SerializeToString()).run(None, {"x": x})[0]
+    differences = {}
+    for clamped in ((), ("a",)):
+        layout = onnx_graph.for_onnxruntime(tensorrt_form, {"b": scales["b"]}, clamped)
+        zero = next(numpy_helper.to_array(i) for i in layout.graph.initializer if i.name == "a__dq__q__uint8_zero_point")
+        assert int(zero) == (128 if clamped else 0)
+        fused = onnx_session(layout.SerializeToString(), fused_int8=True).run(None, {"x": x})[0]
+        differences[clamped] = np.abs(fused - reference).max()
+    assert differences[("a",)] <= 0.5 * scales["b"] + 1e-5 < differences[()]  # as the first test; unclipped: more
 
 
 def test_a_bias_int32_cannot_hold_stays_float():

@@ -324,11 +324,21 @@ def _never_negative(name, producers):
     return source is not None and source.op_type in NON_NEGATIVE_OPS
 
 
+def never_negative_activations(model):
+    """{tensor: scale} of the activations a per-tensor QuantizeLinear quantizes that are never negative
+    (ReLU outputs): those for_onnxruntime gives UINT8 zero point 0, where they keep 128-255 steps."""
+    graph = model.graph
+    initializers, producers = {i.name: i for i in graph.initializer}, _producers(graph)
+    return {node.input[0]: float(_scale_value(initializers, node.input[1])) for node in graph.node
+            if node.op_type == "QuantizeLinear" and not _scale_value(initializers, node.input[1]).ndim
+            and _never_negative(node.input[0], producers)}
+
+
 def _scale_value(initializers, name):
     return numpy_helper.to_array(initializers[name]).astype(np.float32)
 
 
-def for_onnxruntime(model, output_scales=None):
+def for_onnxruntime(model, output_scales=None, int8_clamped=()):
     """Copy of a TensorRT-form INT8 graph (quantize_for_tensorrt, qat_to_qdq) whose Q/DQ groups
     onnxruntime's CPU QDQ fusion turns into integer kernels (QLinearConv, QLinearAdd), with the
     same scales.
@@ -336,7 +346,9 @@ def for_onnxruntime(model, output_scales=None):
     - Activations become UINT8, what MLAS's u8 x s8 kernels (VNNI/AMX) read: zero point 128 (the
       values of INT8 zero point 0) except on ReLU outputs, which take zero point 0 so that
       onnxruntime drops the ReLU into the conv before it; there values between 127 and 255 steps
-      are kept where TensorRT clips them at 127 steps (the only difference in values).
+      are kept where TensorRT clips them at 127 steps (the only difference in values). The tensors
+      named in `int8_clamped` (ReLU outputs that often reach 127 steps) keep zero point 128 and the
+      clip: their ReLU and the conv before it run unfused.
     - A quantized Conv's float bias becomes INT32 at scale s_input x s_weight[c] (per output
       channel) behind a DequantizeLinear: onnxruntime fuses a conv only with a quantized bias. A bias
       INT32 cannot hold (a channel of zero weights has a tiny scale) stays float: that conv is not fused.
@@ -366,7 +378,7 @@ def for_onnxruntime(model, output_scales=None):
         after.setdefault(producers[output].name, []).extend(builder.drain())
     nodes = [made for node in graph.node for made in (node, *after.get(node.name, ()))]
     initializers, producers = {i.name: i for i in graph.initializer}, _producers_of(nodes)
-    _activations_to_uint8(nodes, graph, initializers, producers)
+    _activations_to_uint8(nodes, graph, initializers, producers, set(int8_clamped))
     for node in nodes:
         if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in initializers \
                 and _reads_dequantized(node, producers, initializers):
@@ -381,13 +393,13 @@ def _reads_dequantized(node, producers, initializers):
         and sources[1].input[0] in initializers
 
 
-def _activations_to_uint8(nodes, graph, initializers, producers):
+def _activations_to_uint8(nodes, graph, initializers, producers, int8_clamped):
     """Rewrites each per-tensor activation Q and its DQs to UINT8 (see for_onnxruntime)."""
     readers = _consumers_of(nodes)
     for node in nodes:
         if node.op_type != "QuantizeLinear" or _scale_value(initializers, node.input[1]).ndim:
             continue
-        zero = 0 if _never_negative(node.input[0], producers) else UINT8_OFFSET
+        zero = 0 if node.input[0] not in int8_clamped and _never_negative(node.input[0], producers) else UINT8_OFFSET
         name = f"{node.output[0]}__uint8_zero_point"
         graph.initializer.append(numpy_helper.from_array(np.array(zero, np.uint8), name))
         for user in [node] + [r for r in readers.get(node.output[0], []) if r.op_type == "DequantizeLinear"]:
