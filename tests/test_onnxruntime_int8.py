@@ -94,7 +94,8 @@ def test_a_relu_output_that_saturates_keeps_the_int8_clip(tmp_path):
     differences = {}
     for clamped in ((), ("a",)):
         layout = onnx_graph.for_onnxruntime(tensorrt_form, {"b": scales["b"]}, clamped)
-        zero = next(numpy_helper.to_array(i) for i in layout.graph.initializer if i.name == "a__dq__q__uint8_zero_point")
+        initializers = {i.name: numpy_helper.to_array(i) for i in layout.graph.initializer}
+        zero = initializers["a__dq__q__uint8_zero_point"]
         assert int(zero) == (128 if clamped else 0)
         fused = onnx_session(layout.SerializeToString(), fused_int8=True).run(None, {"x": x})[0]
         differences[clamped] = np.abs(fused - reference).max()
