@@ -135,12 +135,13 @@ def training_frcnn(model, spec):
                       rpn_sampling=RpnSampling.from_spec(spec), roi_sampling=RoiSampling.from_spec(spec))
 
 
-QAT_CALIBRATION_BATCHES, QAT_CALIBRATION_BATCH_SIZE = 10, 8  # export's PTQ default (TLT's --batches, --batch_size)
+QAT_CALIBRATION_IMAGES = 80  # export's PTQ default, 10 x 8 (TLT's --batches, --batch_size); one at a time: the
+# 36 calibrated tensors of a batch of 8 at 384x1248 outgrew 24 GB
 
 
 def _with_qat(model, spec, source, pipeline):
     """The model, converted to QAT when the spec enables it, its activation ranges calibrated on the
-    first 10 x 8 images of the training stream (augmented, as export calibrates); a QAT model needs
+    first 80 images of the training stream (augmented, as export calibrates); a QAT model needs
     enable_qat and keeps its ranges."""
     if quantize.is_quantized(model):
         quantize.check_scheme(model, source)
@@ -150,8 +151,8 @@ def _with_qat(model, spec, source, pipeline):
         return model
     if spec.training_config.enable_qat:
         logging.info("enable_qat: converting the model to quantization-aware training; calibrating its activation "
-                     "ranges on %d training images", QAT_CALIBRATION_BATCHES * QAT_CALIBRATION_BATCH_SIZE)
-        batches = pipeline.dataset(training=True, batch_size=QAT_CALIBRATION_BATCH_SIZE).take(QAT_CALIBRATION_BATCHES)
+                     "ranges on %d training images", QAT_CALIBRATION_IMAGES)
+        batches = pipeline.dataset(training=True, batch_size=1).take(QAT_CALIBRATION_IMAGES)
         qat, ranges = quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS,
                                               batches.map(lambda batch: batch["images"]))
         for line in calibrators.clipping_report(ranges):
