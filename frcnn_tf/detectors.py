@@ -47,6 +47,7 @@ class KerasDetector:
 
     def __init__(self, frcnn, names, settings):
         self.class_names = object_class_names(names)
+        self.settings = settings
         self.model = frcnn.detection_model(settings)
         # one trace for every batch size, NumPy or tensor input: a retrace costs seconds per call
         signature = [tf.TensorSpec([None, *self.model.input_shape[1:]], tf.float32)]

@@ -9,6 +9,8 @@ recall denominator (PASCAL VOC and TLT). AP methods:
   area    area under the interpolated precision-recall curve (VOC 2010+)
   coco101 mean of the interpolated precision at recall 0, 0.01, ..., 1 (COCO)
 """
+import collections
+
 import numpy as np
 
 AP_METHODS = ("voc07", "area", "coco101")
@@ -126,3 +128,37 @@ def matched_share(reference, candidate, box_tolerance=1.0, score_tolerance=0.02)
                 used[np.argmax(close)] = True
                 matched += 1
     return matched / total if total else 1.0
+
+
+def decided_by_scores(reference, candidate, nms_iou):
+    """(reference, candidate) per-image detections without those whose survival NMS leaves to its own
+    order rather than to the scores: a detection whose class and float32 score equal another's on its
+    side (NMS keeps one of equally scored boxes by an order TensorFlow and onnxruntime do not share),
+    and, going down the scores of both sides together, every detection of the same class overlapping
+    one of those (IoU > nms_iou) with at least its score: which of them suppresses it depends on the
+    tie. Seen on an untrained QAT model: 12 detections at one saturated score and 11 below them that
+    the kept tie suppressed on one side and not the other, every score equal to 7 digits."""
+    kept = ([], [])
+    for sides in zip(reference, candidate):
+        undecided = [_score_ties(found) for found in sides]
+        pool = sorted(((float(found["scores"][i]), side, i) for side, found in enumerate(sides)
+                       for i in range(len(found["scores"]))), key=lambda item: -item[0])
+        followers = []  # (class, box) of the undecided detections so far, both sides
+        for _, side, index in pool:
+            found = sides[side]
+            label, box = found["classes"][index], np.asarray(found["boxes"][index], np.float64)
+            if not undecided[side][index]:
+                overlaps = [box_iou(box[None], other[None])[0, 0] for cls, other in followers if cls == label]
+                undecided[side][index] = max(overlaps, default=0.0) > nms_iou
+            if undecided[side][index]:
+                followers.append((label, box))
+        for side, found in enumerate(sides):
+            kept[side].append({name: np.asarray(values)[~undecided[side]] for name, values in found.items()})
+    return kept
+
+
+def _score_ties(found):
+    """[k] bool: the detections whose (class, float32 score) another detection of the image shares."""
+    keys = list(zip(np.asarray(found["classes"]).tolist(), np.asarray(found["scores"], np.float32).tolist()))
+    counts = collections.Counter(keys)
+    return np.array([counts[key] > 1 for key in keys], bool).reshape(-1)

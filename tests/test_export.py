@@ -14,7 +14,7 @@ from frcnn_tf.data.pipeline import InputPipeline
 from frcnn_tf.errors import FrcnnError
 from frcnn_tf.evaluation import evaluate_detector
 from frcnn_tf.export import calibration, tensorrt_rules
-from frcnn_tf.export.onnx_export import OUTPUT_NAMES, run_export, without_score_ties
+from frcnn_tf.export.onnx_export import OUTPUT_NAMES, run_export
 from frcnn_tf.detectors import KerasDetector, OnnxDetector
 from frcnn_tf.spec import load_experiment_spec
 from frcnn_tf.train.trainer import train
@@ -256,14 +256,3 @@ def test_a_broken_calibration_falls_back_or_is_refused_and_writes_nothing(export
                                          r"; max: mAP .*nothing is written"):
         run_export(path, checkpoint, str(tmp_path / "n.onnx"), "int8", int8=options)
     assert not list(tmp_path.glob("n.*"))
-
-
-def test_score_ties_are_left_out_of_the_qat_comparison():
-    # class 1 holds 0.25 twice (NMS keeps either box by its own order): both go; 0.25 of class 0 and
-    # 0.5 of class 1 are unique and stay.
-    found = {"boxes": np.arange(16, dtype=np.float32).reshape(4, 4), "scores": np.float32([0.25, 0.25, 0.25, 0.5]),
-             "classes": np.array([1, 1, 0, 1])}
-    (kept,) = without_score_ties([found])
-    np.testing.assert_array_equal(kept["classes"], [0, 1])
-    np.testing.assert_array_equal(kept["scores"], np.float32([0.25, 0.5]))
-    np.testing.assert_array_equal(kept["boxes"], found["boxes"][2:])

@@ -134,3 +134,29 @@ def test_matched_share_by_hand():
     assert metrics.matched_share(twice, [{k: v[:1] for k, v in twice[0].items()}]) == 0.5
     assert metrics.matched_share([{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0)}],
                                  candidate) == 1.0
+
+
+def _detections(rows):
+    """rows: (class, score, box) -> one image's detections."""
+    return {"classes": np.array([row[0] for row in rows]), "scores": np.float32([row[1] for row in rows]),
+            "boxes": np.float32([row[2] for row in rows])}
+
+
+def test_detections_whose_survival_hangs_on_a_score_tie_are_left_out_of_the_comparison():
+    # Class 0 ties at 0.5 on both sides; the reference kept T1 and T3, the candidate T2 and T3. F (0.3)
+    # overlaps T1 (IoU 80 / 120 = 0.67 > 0.3): the reference's T1 suppressed it. G (0.2) overlaps F
+    # (IoU 60 / 140 = 0.43) but no tied box (T1: 40 / 160 = 0.25): the candidate's F suppressed it, so it
+    # goes too. H (class 1, overlapping T1) and U (far away) are decided by the scores and stay.
+    t1, t2, t3 = [0, 0, 10, 10], [0, 20, 10, 30], [0, 40, 10, 50]
+    f, g, h, u = [0, 2, 10, 12], [0, 6, 10, 16], [0, 2, 10, 12], [50, 50, 60, 60]
+    reference = _detections([(0, 0.5, t1), (0, 0.5, t3), (0, 0.2, g), (1, 0.4, h), (0, 0.1, u)])
+    candidate = _detections([(0, 0.5, t2), (0, 0.5, t3), (0, 0.3, f), (1, 0.4, h), (0, 0.1, u)])
+    assert metrics.matched_share([reference], [candidate]) == pytest.approx(3 / 5)  # T3, H, U
+    (kept_reference,), (kept_candidate,) = metrics.decided_by_scores([reference], [candidate], nms_iou=0.3)
+    for kept in (kept_reference, kept_candidate):
+        np.testing.assert_array_equal(kept["classes"], [1, 0])
+        np.testing.assert_array_equal(kept["scores"], np.float32([0.4, 0.1]))
+        np.testing.assert_array_equal(kept["boxes"], np.float32([h, u]))
+    # at a threshold above 0.67 only the tied boxes go
+    (kept_reference,), _ = metrics.decided_by_scores([reference], [candidate], nms_iou=0.7)
+    np.testing.assert_array_equal(kept_reference["scores"], np.float32([0.2, 0.4, 0.1]))

@@ -10,7 +10,6 @@ Precisions: `fp32`; `fp16` (the convolutional body in FP16, see onnx_graph); `in
 explicit Q/DQ quantization plus a TensorRT calibration cache, the ranges calibrated
 on images for a float model or read from a QAT model's fake-quant ops.
 """
-import collections
 import dataclasses
 import hashlib
 import json
@@ -269,6 +268,10 @@ def _onnx_detections(proto, images, fused_int8=False):
     return split_detections(*session.run(None, {"input_image": np.asarray(images, np.float32)}))
 
 
+def _count(detections):
+    return sum(len(found["scores"]) for found in detections)
+
+
 def _best_score(detections):
     return max((float(found["scores"].max()) for found in detections if len(found["scores"])), default=0.0)
 
@@ -286,27 +289,20 @@ def agreement(reference, candidate, class_count):
     return metrics.evaluate(candidate, truths, [str(i) for i in range(class_count)])["map"]
 
 
-def without_score_ties(detections):
-    """Per-image detections without those whose class and float32 score equal another's: NMS keeps
-    one of equally scored overlapping boxes by its own order, which TensorFlow and onnxruntime do
-    not share (seen on an untrained QAT model: 15 of 36 detections at one saturated score)."""
-    kept = []
-    for found in detections:
-        keys = list(zip(np.asarray(found["classes"]).tolist(), np.asarray(found["scores"], np.float32).tolist()))
-        counts = collections.Counter(keys)
-        unique = np.array([counts[key] == 1 for key in keys], bool)
-        kept.append({name: np.asarray(values)[unique] for name, values in found.items()})
-    return kept
-
-
-def check_int8(expected, int8_proto, held_back, class_count, label, untied=False, fused_int8=False):
+def check_int8(expected, int8_proto, held_back, class_count, label, nms_iou=None, fused_int8=False):
     """Summary of how the INT8 graph's detections on the held-back images reproduce `expected`, the
     reference's on them (FP32 ONNX detections for PTQ, the Keras QAT model's for QAT), logged.
-    untied: compare only detections without a score tie (without_score_ties), on both sides.
+    nms_iou: compare only the detections whose survival the scores decide (metrics.decided_by_scores
+    at this NMS IoU threshold), on both sides.
     fused_int8: run the INT8 graph with onnxruntime's QDQ fusion (the onnxruntime target)."""
     found = _onnx_detections(int8_proto, held_back, fused_int8)
-    if untied:
-        expected, found = without_score_ties(expected), without_score_ties(found)
+    if nms_iou is not None:
+        before = _count(expected), _count(found)
+        expected, found = metrics.decided_by_scores(expected, found, nms_iou)
+        if (_count(expected), _count(found)) != before:
+            logging.info("INT8 vs %s: %d of %d detections (%d of %d back) left out of the comparison: NMS chose "
+                         "among equal scores by its own order", label, before[0] - _count(expected), before[0],
+                         before[1] - _count(found), before[1])
     score = agreement(expected, found, class_count)
     summary = {"images": len(held_back), "reference_best_score": round(_best_score(expected), 4),
                "matched": round(metrics.matched_share(expected, found), 4),
@@ -383,7 +379,7 @@ def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=N
             logging.warning("not checking the INT8 model against the Keras QAT model (no images)")
             return quantized, scales, "qat", {}, None
         summary = check_int8(qat_detector(held_back), quantized, held_back, class_count, "the Keras QAT model",
-                             untied=True)
+                             nms_iou=qat_detector.settings.nms_iou)
         if min(summary["matched"], summary["matched_back"]) < QAT_MATCH_MIN:  # the same arithmetic: a defect
             raise FrcnnError(f"the INT8 graph reproduces {100 * summary['matched']:.1f}% of the Keras QAT model's "
                              f"detections on {len(held_back)} held-back images ({100 * summary['matched_back']:.1f}% "
