@@ -44,11 +44,12 @@ class QuickstartOptions:
     """Sizes of the run; the defaults took 22.5 minutes on 2 CPU cores (AMD EPYC with native bfloat16;
     README "The main job").
 
-    The recipe trains from scratch (README "The main job", "The recipe"): one image
-    per step with 32 RoIs (16: 0.671 mAP, 32: 0.798 at 1.4x the training time), ground-truth boxes added to the proposals (TLT's gt_as_roi) so that the
-    second stage sees foreground from the first step, and a weak BN-gamma sparsity term so that
-    pruning finds weak channels. The float training uses bfloat16 compute (TLT's --use_amp) when
-    use_amp; None: where the CPU has native bfloat16 (native_bfloat16)."""
+    The recipe trains from scratch (README "The main job", "The recipe"): one image per step with
+    32 RoIs (16: mAP 0.671, 32: 0.798 at 1.4x the training time), ground-truth boxes added to the
+    proposals (TLT's gt_as_roi) so that the second stage sees foreground from the first step, and a
+    weak BN-gamma sparsity term so that pruning finds weak channels. The float training uses
+    bfloat16 compute (TLT's --use_amp) when use_amp; None: where the CPU has native bfloat16
+    (native_bfloat16)."""
 
     num_images: int = 300
     image_height: int = 192
