@@ -136,8 +136,8 @@ def decided_by_scores(reference, candidate, nms_iou):
     side (NMS keeps one of equally scored boxes by an order TensorFlow and onnxruntime do not share),
     and, going down the scores of both sides together, every detection of the same class overlapping
     one of those (IoU > nms_iou) with at least its score: which of them suppresses it depends on the
-    tie. Seen on an untrained QAT model: 12 detections at one saturated score and 11 below them that
-    the kept tie suppressed on one side and not the other, every score equal to 7 digits."""
+    tie. Seen on an untrained QAT model: 12 detections on tied saturated scores (four boxes per class)
+    and 3 below them that the kept tie suppressed on one side only, every score equal to 7 digits."""
     kept = ([], [])
     for sides in zip(reference, candidate):
         undecided = [_score_ties(found) for found in sides]
