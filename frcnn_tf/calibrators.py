@@ -4,7 +4,9 @@ Pure NumPy. A tensor's range is `amax` (symmetric: [-amax, amax]); its INT8 scal
 Post-training quantization (export) and quantization-aware training (the ranges QAT starts from and
 keeps) calibrate with the same functions.
 """
+import concurrent.futures
 import dataclasses
+import os
 
 import numpy as np
 
@@ -38,11 +40,24 @@ class AbsHistogram:
             self.counts[:] = 0
             self.counts[:merged.size] = merged
             self.range *= 2.0
-        self.counts += np.histogram(values, bins=self.counts.size, range=(0.0, self.range))[0]
+        values *= np.float32(self.counts.size / self.range)  # np.histogram's bin index without its edge fix-ups: 2x faster
+        index = values.astype(np.intp)
+        np.clip(index, 0, self.counts.size - 1, out=index)  # |x| == range falls in the last bin
+        self.counts += np.bincount(index, minlength=self.counts.size)
 
     @property
     def edges(self):
         return np.linspace(0.0, self.range, self.counts.size + 1)
+
+
+def update_histograms(histograms, named_values):
+    """Adds each tensor's values to its histogram: {name: AbsHistogram}, [(name, array)]. The tensors are
+    spread over the machine's cores (NumPy releases the GIL in these loops): histogramming one image's
+    activations took half the time of its forward at 384x1248 on one core."""
+    named_values = list(named_values)
+    with concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        for _ in pool.map(lambda item: histograms[item[0]].update(item[1]), named_values):
+            pass
 
 
 def max_amax(histogram):

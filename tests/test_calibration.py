@@ -43,6 +43,19 @@ def reference_entropy_amax(counts, edges, start_bin=128, levels=128):
     return edges[best]
 
 
+def test_histograms_filled_across_cores_equal_numpys_one_tensor_at_a_time():
+    rng = np.random.default_rng(5)
+    tensors = {f"t{i}": rng.normal(0, i + 1, [4, 50, 60]).astype(np.float32) for i in range(5)}
+    together = {name: AbsHistogram() for name in tensors}
+    calibrators.update_histograms(together, tensors.items())
+    for name, values in tensors.items():
+        alone = _histogram(values)
+        np.testing.assert_array_equal(together[name].counts, alone.counts)
+        assert together[name].max == alone.max == together[name].range == np.abs(values).max()
+        reference = np.histogram(np.abs(values), bins=2048, range=(0.0, alone.range))[0]
+        assert np.abs(alone.counts - reference).sum() <= 2  # a value on a bin edge may fall either side
+
+
 def test_histogram_range_doubles_and_keeps_counts():
     histogram = AbsHistogram(bins=8)
     histogram.update([0.1, -0.5, 0.9, 1.0])

@@ -63,13 +63,20 @@ def test_qat_model_structure_and_training(tmp_path):
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
-def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records, traffic_lights):
+def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records, traffic_lights, monkeypatch):
     path = small_training_spec(tmp_path / "qat.txt", traffic_light_records, traffic_lights,
                                tmp_path / "m" / "qat.hdf5", extra=[("enable_qat: false", "enable_qat: true"),
                                                                    ("validation_period_during_training: 1",
                                                                     "validation_period_during_training: 5")])
     spec = load_experiment_spec(path)
+    calibrated_with, convert = [], quantize.quantize_model
+
+    def calibration_proposals(model, custom_objects, batches, calibration_model=None):
+        calibrated_with.append(calibration_model.get_layer("proposal").post_nms_top_n)
+        return convert(model, custom_objects, batches, calibration_model=calibration_model)
+    monkeypatch.setattr(quantize, "quantize_model", calibration_proposals)
     result = train(spec, max_steps_per_epoch=3)
+    assert calibrated_with == [32]  # ranges measured on the exported graph's RoIs (inference_config), not training's 200
     model, metadata = checkpoints.load_model(result["checkpoints"][0])
     assert quantize.is_quantized(model) and metadata["qat"] is True
     spec.evaluation_config.rpn_nms_max_boxes = 16

@@ -159,6 +159,24 @@ def test_conversion_calibrates_ranges_the_image_whole_others_bounded_entropy_and
         quantize.quantize_model(float_model, {}, [])
 
 
+def test_ranges_are_measured_in_the_calibration_model_and_the_weights_kept_are_the_models():
+    """The calibration model has the same layers with the first conv's kernel doubled: the ReLU after it
+    takes twice the values, so its range (bounded entropy of a histogram scaled by 2, bins and all) doubles."""
+    def two_convs(scale):
+        image = tf.keras.Input([20, 20, 1], name="image")
+        first = tf.keras.layers.Conv2D(1, 1, use_bias=False, name="first")
+        output = tf.keras.layers.Conv2D(1, 1, name="second")(tf.keras.layers.ReLU(name="relu")(first(image)))
+        model = tf.keras.Model(image, output)
+        first.set_weights([np.full([1, 1, 1, 1], scale, np.float32)])
+        return model
+    values = np.random.default_rng(4).normal(0, 1, [3, 20, 20, 1]).astype(np.float32)
+    _, own = quantize.quantize_model(two_convs(1.0), {}, [values])
+    qat, measured = quantize.quantize_model(two_convs(1.0), {}, [values], calibration_model=two_convs(2.0))
+    assert measured["relu_quantize"].amax == 2 * own["relu_quantize"].amax > 0
+    assert measured["image_quantize"] == own["image_quantize"]
+    np.testing.assert_array_equal(quantize.folded_kernel(qat.get_layer("quant_first")), [[[[1.0]]]])
+
+
 def test_the_exported_qdq_graph_computes_what_training_computed_bit_for_bit():
     images = _images(2, 8)
     qat, _ = quantize.quantize_model(_conv_bn_model(), {}, [images])

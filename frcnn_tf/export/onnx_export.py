@@ -36,7 +36,7 @@ from frcnn_tf.model import checkpoints
 from frcnn_tf.model.frcnn import FasterRCNN
 from frcnn_tf.settings import DetectionSettings
 from frcnn_tf.spec import parse_experiment_spec
-from frcnn_tf.spec.derived import class_names, object_class_names, regression_weights
+from frcnn_tf.spec.derived import class_names, deployed_section_name, object_class_names, regression_weights
 from frcnn_tf.spec.validate import require_section
 from frcnn_tf.tensorrt_limits import INT8_MAX, MAX_TOP_K, NMS_MAX_BOXES
 
@@ -240,8 +240,7 @@ def calibrate(proto, batches):
     histograms = {name: calibrators.AbsHistogram() for name in names}
     seen = 0
     for images in tqdm(batches, desc="calibration", unit="batch", disable=None):
-        for name, values in zip(names, session.run(names, {"input_image": images})):
-            histograms[name].update(values)
+        calibrators.update_histograms(histograms, zip(names, session.run(names, {"input_image": images})))
         seen += len(images)
     if not seen:
         raise FrcnnError("no calibration images: pass --cal_image_dir or check the spec's training tfrecords")
@@ -449,7 +448,7 @@ def run_export(spec_path, model_path, output_path, data_type="fp32", overwrite=F
         if data_type == "int8" and int8.target == "tensorrt" else None
     refuse_to_overwrite([output_path, cache_path], overwrite)
     spec, source = parse_experiment_spec(spec_path)
-    section_name = "inference_config" if spec.HasField("inference_config") else "evaluation_config"
+    section_name = deployed_section_name(spec)
     section = require_section(spec, source, section_name)
     _check_tensorrt_limits(section, section_name, source)
     if int8.calibrator not in calibrators.CALIBRATORS:

@@ -85,6 +85,16 @@ def rebuilt(model, edit_layer=None):
     return fresh
 
 
+def with_proposals(model, proposals):
+    """A copy of the Keras model (its current weights) whose Proposal layer uses `proposals`
+    (settings.ProposalSettings; a saved model proposes with the training settings)."""
+    def use_proposals(layer):
+        if layer["name"] == "proposal":
+            layer["config"].update(pre_nms_top_n=proposals.pre_nms_top_n,
+                                   post_nms_top_n=proposals.post_nms_top_n, nms_iou=proposals.nms_iou)
+    return rebuilt(model, use_proposals)
+
+
 def override_regularizers(model, regularizer):
     """`model` rebuilt with the spec's regularisers, for retraining a pruned model.
 
@@ -255,13 +265,7 @@ class FasterRCNN:
         settings: settings.DetectionSettings (the section's proposals and final per-class NMS). The
         graph is a copy of the model's layers and current weights with the section's proposals.
         """
-        proposals = settings.proposals
-
-        def use_section_proposals(layer):
-            if layer["name"] == "proposal":
-                layer["config"].update(pre_nms_top_n=proposals.pre_nms_top_n,
-                                       post_nms_top_n=proposals.post_nms_top_n, nms_iou=proposals.nms_iou)
-        model = rebuilt(self.model, use_section_proposals)
+        model = with_proposals(self.model, settings.proposals)
         rois, probabilities, deltas = model.outputs
         outputs = layers.DetectionOutput(settings.box_weights, settings.score_threshold, settings.nms_iou,
                                          settings.max_boxes, name="detections",

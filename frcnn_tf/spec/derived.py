@@ -41,3 +41,8 @@ def regression_weights(training_config):
     """classifier_regr_std as (y, x, h, w), the order of the delta vectors."""
     stds = training_config.classifier_regr_std
     return stds["y"], stds["x"], stds["h"], stds["w"]
+
+
+def deployed_section_name(spec):
+    """The section whose settings the exported graph takes: inference_config, else evaluation_config."""
+    return "inference_config" if spec.HasField("inference_config") else "evaluation_config"
