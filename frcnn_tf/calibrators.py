@@ -40,7 +40,7 @@ class AbsHistogram:
             self.counts[:] = 0
             self.counts[:merged.size] = merged
             self.range *= 2.0
-        values *= np.float32(self.counts.size / self.range)  # np.histogram's bin index without its edge fix-ups: 2x faster
+        values *= np.float32(self.counts.size / self.range)  # np.histogram's bin index, no edge fix-ups: 2x faster
         index = values.astype(np.intp)
         np.clip(index, 0, self.counts.size - 1, out=index)  # |x| == range falls in the last bin
         self.counts += np.bincount(index, minlength=self.counts.size)

@@ -76,7 +76,7 @@ def test_qat_training_checkpoint_and_evaluation(tmp_path, traffic_light_records,
         return convert(model, custom_objects, batches, calibration_model=calibration_model)
     monkeypatch.setattr(quantize, "quantize_model", calibration_proposals)
     result = train(spec, max_steps_per_epoch=3)
-    assert calibrated_with == [32]  # ranges measured on the exported graph's RoIs (inference_config), not training's 200
+    assert calibrated_with == [32]  # ranges measured on the exported graph's RoIs (inference_config), not 200
     model, metadata = checkpoints.load_model(result["checkpoints"][0])
     assert quantize.is_quantized(model) and metadata["qat"] is True
     spec.evaluation_config.rpn_nms_max_boxes = 16
