@@ -8,10 +8,16 @@ For each model (any backend load_detector takes), on the spec's validation image
   evaluate   the evaluate command's work (input pipeline, detector, matching, mAP) on the whole
              validation split, with the model already loaded and warmed up;
   inference  the inference command's work (decode, detector, annotated image and KITTI file
-             written) on --inference_images validation image files, into a temporary folder.
+             written) on --inference_images validation image files, into a temporary folder;
+  calibration (float models) the INT8 calibration pass: export's PTQ pass for a float .onnx
+             (onnx_export.calibrate), enable_qat's conversion for a float Keras model
+             (trainer.quantize_for_training), on the forward's batches. Per image is the slope
+             between the first batch alone and all of them; the rest is its fixed cost (session or
+             model build, the thresholds).
 Each command's ratio to the forward, each model's mAP, and each model's forward ratio to the
 baseline (--baseline, default the first .onnx model: INT8 / FP32 is its inverse). Prints one JSON object.
 """
+import functools
 import json
 import os
 import platform
@@ -19,14 +25,19 @@ import tempfile
 import time
 
 import numpy as np
+import onnx
 from absl import app, flags, logging
 
+from frcnn_tf import quantize
 from frcnn_tf.data.pipeline import InputPipeline
 from frcnn_tf.detectors import load_detector
 from frcnn_tf.evaluation import evaluate_detector
+from frcnn_tf.export import onnx_export
 from frcnn_tf.inference import infer_folder
 from frcnn_tf.machine import cpu_description, speed_flags
+from frcnn_tf.model import checkpoints
 from frcnn_tf.spec import load_experiment_spec
+from frcnn_tf.train.trainer import quantize_for_training
 
 flags.DEFINE_string("experiment_spec", None, "Spec of the model (validation data, NMS).", short_name="e")
 flags.DEFINE_multi_string("model", None, "Model files to time (.hdf5/.tlt/.onnx/.engine).", short_name="m")
@@ -56,6 +67,24 @@ def validation_image_paths(pipeline, count):
     return [path for path, encoded in pipeline.split_images(training=False) if not encoded][:count]
 
 
+def calibration_pass(path, spec, batches):
+    """(ms per image, fixed seconds) of the model's INT8 calibration pass, or None for a quantized model."""
+    if path.endswith(".onnx"):
+        proto = onnx.load(path)
+        if any(node.op_type == "QuantizeLinear" for node in proto.graph.node):
+            return None
+        run = functools.partial(onnx_export.calibrate, proto)
+    else:
+        model = checkpoints.load_model(path)[0]
+        if quantize.is_quantized(model):
+            return None
+        run = functools.partial(quantize_for_training, model, spec)
+    _, first = _timed(lambda: run(batches[:1]))
+    _, whole = _timed(lambda: run(batches))
+    per_image = (whole - first) / sum(len(images) for images in batches[1:])
+    return 1000 * per_image, first - per_image * len(batches[0])
+
+
 def measure(path, spec, batches, image_paths):
     detector = load_detector(path, spec, spec.evaluation_config)
     forward = ms_per_image(detector, batches)
@@ -69,6 +98,10 @@ def measure(path, spec, batches, image_paths):
                                                      os.path.join(folder, "labels"), spec.inference_config))
         inference = 1000 * seconds / len(image_paths)
         row.update(inference_ms_per_image=round(inference, 1), inference_vs_forward=round(inference / forward, 2))
+    calibration = calibration_pass(path, spec, batches)
+    if calibration:
+        row.update(calibration_ms_per_image=round(calibration[0], 1),
+                   calibration_vs_forward=round(calibration[0] / forward, 2), calibration_fixed_s=round(calibration[1], 1))
     return row
 
 

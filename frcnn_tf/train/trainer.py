@@ -151,21 +151,27 @@ def _with_qat(model, spec, source, pipeline):
                              "set enable_qat: true (a QAT model cannot be trained in float)")
         return model
     if spec.training_config.enable_qat:
-        section = deployed_section_name(spec)
-        if not spec.HasField(section):
-            section = "training_config"
-        proposals = ProposalSettings.from_section(getattr(spec, section))
         logging.info("enable_qat: converting the model to quantization-aware training; calibrating its activation "
-                     "ranges on %d training images with %s's proposals (%d per image)", QAT_CALIBRATION_IMAGES,
-                     section, proposals.post_nms_top_n)
+                     "ranges on %d training images", QAT_CALIBRATION_IMAGES)
         batches = pipeline.dataset(training=True, batch_size=1).take(QAT_CALIBRATION_IMAGES)
-        qat, ranges = quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS,
-                                              batches.map(lambda batch: batch["images"]),
-                                              calibration_model=with_proposals(model, proposals))
-        for line in calibrators.clipping_report(ranges):
-            logging.info("QAT activation range %s", line)
-        return qat
+        return quantize_for_training(model, spec, batches.map(lambda batch: batch["images"]))
     return model
+
+
+def quantize_for_training(model, spec, batches):
+    """The QAT copy of a float model (quantize.quantize_model), its activation ranges measured over `batches`
+    (image batches [N, H, W, C], network inputs) in the graph export writes: with the deployed section's
+    proposals (spec.derived.deployed_section_name; training_config's when the spec has neither)."""
+    section = deployed_section_name(spec)
+    if not spec.HasField(section):
+        section = "training_config"
+    proposals = ProposalSettings.from_section(getattr(spec, section))
+    logging.info("QAT calibration with %s's proposals (%d per image)", section, proposals.post_nms_top_n)
+    qat, ranges = quantize.quantize_model(model, checkpoints.CUSTOM_OBJECTS, batches,
+                                          calibration_model=with_proposals(model, proposals))
+    for line in calibrators.clipping_report(ranges):
+        logging.info("QAT activation range %s", line)
+    return qat
 
 
 def _initial_model(spec, enc_key, pipeline):
