@@ -100,8 +100,9 @@ def measure(path, spec, batches, image_paths):
         row.update(inference_ms_per_image=round(inference, 1), inference_vs_forward=round(inference / forward, 2))
     calibration = calibration_pass(path, spec, batches)
     if calibration:
-        row.update(calibration_ms_per_image=round(calibration[0], 1),
-                   calibration_vs_forward=round(calibration[0] / forward, 2), calibration_fixed_s=round(calibration[1], 1))
+        per_image, fixed = calibration
+        row.update(calibration_ms_per_image=round(per_image, 1), calibration_vs_forward=round(per_image / forward, 2),
+                   calibration_fixed_s=round(fixed, 1))
     return row
 
 
