@@ -3,7 +3,7 @@ import os
 
 import tensorflow as tf
 
-from frcnn_tf.data.pipeline import decode_image
+from frcnn_tf.data.pipeline import decode_image, without_autotune
 from frcnn_tf.errors import FrcnnError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -30,7 +30,7 @@ def images_with_paths(pipeline, paths, batch_size):
     data; files that do not decode are left out."""
     data = tf.data.Dataset.from_tensor_slices(paths)
     data = data.map(lambda path: (path, *_load(pipeline, path)), num_parallel_calls=tf.data.AUTOTUNE)
-    return data.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(data.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def image_dataset(pipeline, paths, batch_size):
