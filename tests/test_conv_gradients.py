@@ -62,3 +62,49 @@ def test_only_eligible_convolutions_change_and_bfloat16_trains():
         assert all(g is not None and g.dtype == tf.float32 for g in gradients)
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
+
+
+def test_kernel_gradient_by_matmuls_by_hand_and_against_tensorflow():
+    inputs = tf.constant([[1.0, 2.0], [3.0, 4.0]])[tf.newaxis, ..., tf.newaxis]
+    upstream = tf.constant([[1.0, 0.0], [0.0, 0.0]])[tf.newaxis, ..., tf.newaxis]
+    # dK[1 + d] = x[(0, 0) + d], as in test_input_gradient_by_hand
+    np.testing.assert_array_equal(conv_gradients.kernel_gradient_by_matmuls(inputs, upstream, 3)[..., 0, 0],
+                                  [[0, 0, 0], [0, 1, 2], [0, 3, 4]])
+    rng = np.random.default_rng(7)
+    for kernel_size in (1, 3, 5):
+        inputs = tf.constant(rng.normal(size=(3, 5, 4, 6)), tf.float32)
+        upstream = tf.constant(rng.normal(size=(3, 5, 4, 2)), tf.float32)
+        expected = tf.raw_ops.Conv2DBackpropFilter(input=inputs, filter_sizes=[kernel_size, kernel_size, 6, 2],
+                                                   out_backprop=upstream, strides=[1, 1, 1, 1], padding="SAME")
+        np.testing.assert_allclose(conv_gradients.kernel_gradient_by_matmuls(inputs, upstream, kernel_size),
+                                   expected, rtol=1e-5, atol=1e-5)
+
+
+def _gradient_ops(model, inputs):
+    """(the weights' gradients of sum(model(inputs)), the op types of the graph that computes them)."""
+    step = tf.function(lambda x: tf.gradients(tf.reduce_sum(tf.cast(model(x), tf.float32)),
+                                              model.trainable_variables))
+    graph = step.get_concrete_function(inputs).graph
+    return step(inputs), {op.type for op in graph.get_operations()}
+
+
+def test_the_roi_head_takes_its_bfloat16_kernel_gradients_by_matmuls_and_float32_by_tensorflow():
+    policy = tf.keras.mixed_precision.global_policy()
+    rng = np.random.default_rng(3)
+    inputs = tf.constant(rng.normal(size=(6, 4, 4, 5)), tf.float32)
+    results = {}
+    try:
+        for name in ("float32", "mixed_bfloat16"):
+            tf.keras.mixed_precision.set_global_policy(name)
+            tf.keras.utils.set_random_seed(0)
+            model = tf.keras.Sequential([tf.keras.Input([4, 4, 5]), tf.keras.layers.Conv2D(8, 3, padding="same"),
+                                         tf.keras.layers.Conv2D(3, 1)])
+            assert conv_gradients.use_matmul_kernel_gradients(model) == 2
+            results[name] = _gradient_ops(model, inputs)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
+    (float_gradients, float_ops), (bf16_gradients, bf16_ops) = results["float32"], results["mixed_bfloat16"]
+    assert "Conv2DBackpropFilter" in float_ops and "Conv2DBackpropFilter" not in bf16_ops
+    assert "Conv2DBackpropInput" not in float_ops | bf16_ops  # input gradients are forward convolutions in both
+    for ours, reference in zip(bf16_gradients, float_gradients):  # same weights (seed): bfloat16's ~3 digits
+        np.testing.assert_allclose(ours, reference, rtol=0.05, atol=0.05 * float(np.abs(reference).max()))
