@@ -202,7 +202,6 @@ class FasterRCNN:
                                                          find_layer(model, "rpn_out_regress").output])
         classifier = find_layer(model, "dense_class_td")
         self.head = tf.keras.Model(crop_output, [classifier.output, find_layer(model, "dense_regress_td").output])
-        conv_gradients.use_matmul_kernel_gradients(self.head)  # bfloat16 kernel gradients 1.4-1.9x faster
         self.proposal = model.get_layer("proposal")
         self.crop = crop
         self.num_classes = getattr(classifier, "layer", classifier).units
