@@ -113,13 +113,13 @@ def test_class_map_folds_the_traffic_light_classes_first_match_wins(tmp_path):
     assert dict(mapping) == {"green": "green", "greenleft": "green", "red": "red"}
 
 
-def test_qat_fine_tunes_at_the_learning_rate_the_float_training_ended_with(tmp_path):
+def test_qat_fine_tunes_at_a_tenth_of_the_learning_rate_the_float_training_ended_with(tmp_path):
     _, train_spec, qat_spec = derive_specs(str(tmp_path), str(tmp_path / "data"), QuickstartOptions(), ["a"])
     float_schedule = load_experiment_spec(train_spec).training_config.learning_rate.soft_start
     qat = load_experiment_spec(qat_spec).training_config
-    # 0.01, annealed twice by 10 (at 0.8 and 0.9 of the run): 0.0001
+    # 0.01, annealed twice by 10 (at 0.8 and 0.9 of the run): 0.0001; QAT a tenth of it
     assert (float_schedule.base_lr, list(float_schedule.annealing_points), float_schedule.annealing_divider) == (
         pytest.approx(0.01), [pytest.approx(0.8), pytest.approx(0.9)], 10.0)
-    assert qat.learning_rate.soft_start.base_lr == pytest.approx(1e-4)
-    assert qat.optimizer.sgd.lr == pytest.approx(1e-4)
-    assert qat.learning_rate.soft_start.start_lr == pytest.approx(1e-5)
+    assert qat.learning_rate.soft_start.base_lr == pytest.approx(1e-5)
+    assert qat.optimizer.sgd.lr == pytest.approx(1e-5)
+    assert qat.learning_rate.soft_start.start_lr == pytest.approx(1e-6)
