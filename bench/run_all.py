@@ -5,8 +5,9 @@
 Uses the models of a main-job run in --workdir (`bin/quickstart.py --workdir DIR`), running
 the main job first if that folder has none. Benchmarks: dataset_convert images/s (on the
 workdir's data), training s/image and inference s/image at 384x1248 (train_step, fp32 and
-bf16, beside the torch peer when PEER_PYTHON is set), inference ms/image of the Keras model and its ONNX FP32/FP16/INT8 exports
-(onnxruntime), and pruning parameters/MACs/speedups. --quick runs fewer steps.
+bf16, beside the torch peer when PEER_PYTHON is set), inference ms/image of the Keras model and
+its ONNX FP32/FP16/INT8 exports (onnxruntime), and pruning parameters/MACs/speedups. --quick runs
+fewer steps.
 """
 import json
 import os

@@ -177,7 +177,8 @@ def _disk_tries(tries, tmp, root, spec):
     shards = [path for path in glob.glob(str(tmp / "tfr" / "base-fold-*"))]
     pages = sum(-(-os.path.getsize(path) // 4096) for path in shards)
     cases = [("-o on a read-only tmpfs", "ro", 1 << 20, True, "ro/k", "Read-only file system"),
-             ("-o in a subfolder of a read-only tmpfs", "ro_sub", 1 << 20, True, "ro_sub/sub/k", "Read-only file system"),
+             ("-o in a subfolder of a read-only tmpfs", "ro_sub", 1 << 20, True, "ro_sub/sub/k",
+              "Read-only file system"),
              ("a tmpfs fills while shards are written", "full", max(pages // 2, 1) * 4096, False, "full/k",
               "No space left on device"),
              ("the tmpfs fits the shards, not the summary", "fits", pages * 4096, False, "fits/base",
@@ -291,7 +292,8 @@ def _divergence_tries(tries, tmp, root, records):
                              ("soft start up to base_lr 50 (F5)", ("base_lr: 0.02", "base_lr: 50.0"), 3)):
         folder = tmp / f"nan_{epochs}"
         spec = _train_spec(tmp, f"nan_{epochs}.txt", root, records, folder / "m.hdf5", epochs,
-                           [NO_VALIDATION, lr, ("start_lr: 0.002", "start_lr: 1e6" if epochs == 1 else "start_lr: 0.002")])
+                           [NO_VALIDATION, lr,
+                            ("start_lr: 0.002", "start_lr: 1e6" if epochs == 1 else "start_lr: 0.002")])
         result = _run("train.py", "-e", spec, "--max_steps_per_epoch", 4)
         kept = sorted(folder.glob("m.epoch*.hdf5")) if folder.exists() else []
         last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""

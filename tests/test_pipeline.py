@@ -87,7 +87,8 @@ def test_grayscale_and_embedded_images_match_files(tmp_path):
     root = _tiny_records(tmp_path, embed=True)
     gray = [("image_type: RGB", "image_type: GRAY_SCALE"), ("image_channel_order: 'bgr'", "image_channel_order: 'l'"),
             ("    image_channel_mean { key: 'b' value: 103.939 }\n    image_channel_mean { key: 'g' value: 116.779 }\n"
-             "    image_channel_mean { key: 'r' value: 123.68 }\n", "    image_channel_mean { key: 'l' value: 127.5 }\n"),
+             "    image_channel_mean { key: 'r' value: 123.68 }\n",
+             "    image_channel_mean { key: 'l' value: 127.5 }\n"),
             ("training_config {\n  enable_augmentation: true", "training_config {\n  enable_augmentation: false")]
     spec = _tiny_spec(tmp_path, root, replace=gray)
     (embedded,) = _all(InputPipeline(spec), False)

@@ -40,8 +40,10 @@ def test_equalization_modes_by_hand(equalization, kept):
     pruned, table = prune_model(model, PruneOptions(0.35, equalization, granularity=1, min_filters=1), {})
     rows = {row["layer"]: row for row in table}
     assert rows["conv_a"]["filters_after"] == rows["conv_b"]["filters_after"] == len(kept)
-    np.testing.assert_array_equal(pruned.get_layer("conv_a").kernel.numpy()[0, 0, 0], np.array(NORMS_A, np.float32)[kept])
-    np.testing.assert_array_equal(pruned.get_layer("conv_b").kernel.numpy()[0, 0, 0], np.array(NORMS_B, np.float32)[kept])
+    np.testing.assert_array_equal(pruned.get_layer("conv_a").kernel.numpy()[0, 0, 0],
+                                  np.array(NORMS_A, np.float32)[kept])
+    np.testing.assert_array_equal(pruned.get_layer("conv_b").kernel.numpy()[0, 0, 0],
+                                  np.array(NORMS_B, np.float32)[kept])
     # The consumer's input channels follow: conv_c input weights were 1, 2, 3, 4 per channel.
     np.testing.assert_array_equal(pruned.get_layer("conv_c").kernel.numpy()[0, 0, :, 0], np.array([1, 2, 3, 4.0])[kept])
     assert rows["conv_c"]["filters_after"] == 3  # the model output keeps its depth (min_filters 1 < 3 > 0.35 all)

@@ -35,11 +35,13 @@ def test_whole_workflow_at_tiny_size(tmp_path):
                                 roi_mini_batch=16, eval_rois=16, max_steps_per_epoch=2, calibration_batches=2)
     rows, artifacts = run_quickstart(str(tmp_path), options=options)
     stages = [row["stage"] for row in rows]
-    assert stages == ["generate sample data", "dataset_convert", "fit anchors", "train", "evaluate (Keras FP32)", "prune",
-                      "retrain pruned model with QAT", "evaluate (Keras QAT)",
-                      "export ONNX FP32", "evaluate (onnxruntime FP32)", "export ONNX FP16", "evaluate (onnxruntime FP16)",
-                      "export ONNX INT8", "evaluate (onnxruntime INT8)", "export ONNX QAT INT8",
-                      "evaluate (onnxruntime QAT INT8)", "export ONNX QAT INT8 CPU", "evaluate (onnxruntime QAT INT8 CPU)",
+    assert stages == ["generate sample data", "dataset_convert", "fit anchors", "train", "evaluate (Keras FP32)",
+                      "prune", "retrain pruned model with QAT", "evaluate (Keras QAT)",
+                      "export ONNX FP32", "evaluate (onnxruntime FP32)",
+                      "export ONNX FP16", "evaluate (onnxruntime FP16)",
+                      "export ONNX INT8", "evaluate (onnxruntime INT8)",
+                      "export ONNX QAT INT8", "evaluate (onnxruntime QAT INT8)",
+                      "export ONNX QAT INT8 CPU", "evaluate (onnxruntime QAT INT8 CPU)",
                       "TensorRT engine (INT8)", "inference"]
     for key in ("model", "pruned model", "QAT model", "ONNX FP32", "ONNX FP16", "ONNX INT8", "ONNX QAT INT8",
                 "ONNX QAT INT8 CPU"):

@@ -242,7 +242,8 @@ def test_f7_missing_and_undecodable_images_are_named_before_or_when_training(tin
     spec = load_experiment_spec(_spec_path(tmp_path, (root, records), tmp_path / "m" / "m.hdf5", 1, [NO_VALIDATION]))
     from frcnn_tf.data.pipeline import InputPipeline
 
-    for path, _ in InputPipeline(spec).split_images(training=True):  # TIFF under a .png name (PIL reads it, TF does not)
+    # TIFF under a .png name (PIL reads it, TF does not)
+    for path, _ in InputPipeline(spec).split_images(training=True):
         Image.open(path).convert("RGB").save(path, format="TIFF")
     with pytest.raises(FrcnnError, match=r"images/0000\d\d.png: unreadable image \(.*\); fix or remove it"):
         train(spec, max_steps_per_epoch=1)
