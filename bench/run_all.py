@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags, logging
 
+from frcnn_tf.quickstart import QuickstartOptions, run_name
 from frcnn_tf.spec import load_conversion_spec
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -39,11 +40,12 @@ def main(argv):
     del argv
     workdir = pathlib.Path(FLAGS.workdir).resolve()
     specs, export = workdir / "specs", workdir / "export"
-    if not (export / "frcnn_resnet18_int8.onnx").exists():
+    stem = run_name(QuickstartOptions.arch)  # the main job's file names
+    if not (export / f"{stem}_int8.onnx").exists():
         logging.info("no main-job models in %s: running the main job first", workdir)
         subprocess.run([sys.executable, str(REPO / "bin" / "quickstart.py"), "--workdir", str(workdir)], check=True)
-    train_spec = str(specs / "frcnn_resnet18_train.txt")
-    models = sorted((workdir / "models").glob("frcnn_resnet18.epoch*.hdf5"),
+    train_spec = str(specs / f"{stem}_train.txt")
+    models = sorted((workdir / "models").glob(f"{stem}.epoch*.hdf5"),
                     key=lambda p: int(p.name.split("epoch")[1].split(".")[0]))
     data_dir = load_conversion_spec(str(specs / "kitti_convert.txt")).kitti_config.root_directory_path
     steps = ["--steps", "1"] if FLAGS.quick else []
@@ -53,7 +55,7 @@ def main(argv):
         _run("bench/train_step.py", *steps, "--batch_sizes", "1"),
         _run("bench/inference_speed.py", "-e", train_spec, "-m", str(models[-1]),
              *[arg for precision in ("fp32", "fp16", "int8", "qat_int8")
-               for arg in ("-m", str(export / f"frcnn_resnet18_{precision}.onnx"))],
+               for arg in ("-m", str(export / f"{stem}_{precision}.onnx"))],
              "--batches", "2" if FLAGS.quick else "4"),
         _run("bench/prune_speed.py", "-m", str(models[-1]), "-e", train_spec, "--runs", "2" if FLAGS.quick else "5"),
     ]

@@ -14,3 +14,8 @@ class SpecError(FrcnnError):
         self.column = column
         self.message = message
         super().__init__(f"{path}:{line}:{column}: {message}")
+
+
+class Int8Diverges(FrcnnError):
+    """An INT8 graph whose detections do not reproduce its reference's (FP32 for calibration, Keras QAT
+    for QAT, the TensorRT-form graph for the onnxruntime layout); nothing was written."""

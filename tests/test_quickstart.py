@@ -10,7 +10,7 @@ import onnx
 from frcnn_tf import sample_data
 from frcnn_tf.machine import cpu_description, native_bfloat16, speed_flags
 from frcnn_tf.quickstart import (QuickstartOptions, derive_specs, fold_classes, format_summary, parse_class_map,
-                                 run_quickstart)
+                                 run_name, run_quickstart)
 from frcnn_tf.spec import load_experiment_spec
 
 
@@ -35,37 +35,48 @@ def test_whole_workflow_at_tiny_size(tmp_path):
                                 roi_mini_batch=16, eval_rois=16, max_steps_per_epoch=2, calibration_batches=2)
     rows, artifacts = run_quickstart(str(tmp_path), options=options)
     stages = [row["stage"] for row in rows]
+    detail = {row["stage"]: row.get("detail", "") for row in rows}
+    # A model of 2 steps is all but untrained: the onnxruntime layout's check may refuse it (seen on AVX-512
+    # with ResNet10: 5.6 % of the TensorRT form's detections shared). The optional CPU layout's refusal is a
+    # row; the workflow goes on.
+    cpu_refused = detail["export ONNX QAT INT8 CPU"].startswith("refused: the onnxruntime INT8 graph diverges")
     assert stages == ["generate sample data", "dataset_convert", "fit anchors", "train", "evaluate (Keras FP32)",
                       "prune", "retrain pruned model with QAT", "evaluate (Keras QAT)",
                       "export ONNX FP32", "evaluate (onnxruntime FP32)",
                       "export ONNX FP16", "evaluate (onnxruntime FP16)",
                       "export ONNX INT8", "evaluate (onnxruntime INT8)",
                       "export ONNX QAT INT8", "evaluate (onnxruntime QAT INT8)",
-                      "export ONNX QAT INT8 CPU", "evaluate (onnxruntime QAT INT8 CPU)",
+                      "export ONNX QAT INT8 CPU"] + ["evaluate (onnxruntime QAT INT8 CPU)"] * (not cpu_refused) + [
                       "TensorRT engine (INT8)", "inference"]
-    for key in ("model", "pruned model", "QAT model", "ONNX FP32", "ONNX FP16", "ONNX INT8", "ONNX QAT INT8",
-                "ONNX QAT INT8 CPU"):
+    for key in ("model", "pruned model", "QAT model", "ONNX FP32", "ONNX FP16", "ONNX INT8", "ONNX QAT INT8"):
         assert os.path.isfile(artifacts[key]), key
     assert "skipped: TensorRT is not installed" in rows[-2]["detail"]
-    detail = {row["stage"]: row.get("detail", "") for row in rows}
+    spec_names = [f"frcnn_resnet10_{kind}.txt" for kind in ("train", "retrain_qat")]  # named by the default arch
+    assert os.path.basename(artifacts["ONNX QAT INT8"]) == "frcnn_resnet10_qat_int8.onnx"
     assert re.fullmatch(r"vs Keras QAT: \d+\.\d% / \d+\.\d% of detections match",
                         detail["evaluate (onnxruntime QAT INT8)"])
     assert detail["evaluate (onnxruntime INT8)"].startswith("vs ONNX FP32: ")
-    assert detail["evaluate (onnxruntime QAT INT8 CPU)"].startswith("vs ONNX QAT INT8: ")
-    assert not os.path.exists(artifacts["ONNX QAT INT8 CPU"].replace(".onnx", ".cal.bin"))  # no TensorRT cache
+    cpu_graphs = sorted(name for name in os.listdir(tmp_path / "export") if "_cpu" in name)
+    if cpu_refused:
+        assert "ONNX QAT INT8 CPU" not in artifacts and cpu_graphs == []  # nothing written
+    else:
+        assert detail["evaluate (onnxruntime QAT INT8 CPU)"].startswith("vs ONNX QAT INT8: ")
+        assert cpu_graphs == ["frcnn_resnet10_qat_int8_cpu.onnx", "frcnn_resnet10_qat_int8_cpu_evaluation.json",
+                              "frcnn_resnet10_qat_int8_cpu_pr_curve.png"]  # and no TensorRT cache
     # The float training pushes channels to zero for pruning; the pruned model retrains without it.
     regularizers = [load_experiment_spec(os.path.join(artifacts["specs"], name)).training_config.regularizer
-                    for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt")]
+                    for name in spec_names]
     assert (regularizers[0].bn_gamma_l1_weight, regularizers[0].bn_gamma_polarization) == (
         np.float32(options.sparsity_weight), 1.0)
     assert regularizers[1].bn_gamma_l1_weight == 0
     # The from-scratch recipe: ground-truth boxes join the proposals, 16 RoIs per image.
-    for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt"):
+    for name in spec_names:
         spec = load_experiment_spec(os.path.join(artifacts["specs"], name))
         assert spec.training_config.gt_as_roi and spec.model_config.roi_mini_batch == 16
+        assert spec.model_config.arch == "resnet:10"
     # Both specs train with the fitted anchor scales the summary names.
     scales = [list(load_experiment_spec(os.path.join(artifacts["specs"], name)).model_config.anchor_box_config.scale)
-              for name in ("frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt")]
+              for name in spec_names]
     assert scales[0] == scales[1]
     assert detail["fit anchors"].startswith(f"scales {' '.join(f'{v:.4g}' for v in scales[0])}: ")
     onnx.checker.check_model(onnx.load(artifacts["ONNX FP32"]))
@@ -125,3 +136,16 @@ def test_qat_fine_tunes_at_a_tenth_of_the_learning_rate_the_float_training_ended
     assert qat.learning_rate.soft_start.base_lr == pytest.approx(1e-5)
     assert qat.optimizer.sgd.lr == pytest.approx(1e-5)
     assert qat.learning_rate.soft_start.start_lr == pytest.approx(1e-6)
+
+
+def test_the_arch_names_the_specs_models_and_exports(tmp_path):
+    assert run_name("resnet:10") == "frcnn_resnet10" and run_name("resnet:101") == "frcnn_resnet101"
+    options = QuickstartOptions(arch="resnet:18")
+    _, train_spec, qat_spec = derive_specs(str(tmp_path), str(tmp_path / "data"), options, ["a"])
+    assert (os.path.basename(train_spec), os.path.basename(qat_spec)) == (
+        "frcnn_resnet18_train.txt", "frcnn_resnet18_retrain_qat.txt")
+    train, qat = load_experiment_spec(train_spec), load_experiment_spec(qat_spec)
+    assert train.model_config.arch == qat.model_config.arch == "resnet:18"
+    assert os.path.basename(train.training_config.output_model) == "frcnn_resnet18.hdf5"
+    assert os.path.basename(qat.training_config.retrain_pruned_model) == "frcnn_resnet18_pruned.hdf5"
+    assert os.path.basename(qat.evaluation_config.model) == "frcnn_resnet18_qat.epoch1.hdf5"

@@ -29,7 +29,7 @@ from frcnn_tf.data.images import image_dataset, list_images
 from frcnn_tf.data.pipeline import InputPipeline, image_problem
 from frcnn_tf.detectors import KerasDetector, onnx_session, split_detections
 from frcnn_tf import calibrators, metrics, quantize
-from frcnn_tf.errors import FrcnnError
+from frcnn_tf.errors import FrcnnError, Int8Diverges
 from frcnn_tf.export import calibration, onnx_graph, tensorrt_rules, tf2onnx_handlers
 from frcnn_tf.io_utils import atomic_write_bytes, refuse_to_overwrite
 from frcnn_tf.model import checkpoints
@@ -356,10 +356,10 @@ def _calibrated_int8(proto, batches, held_back, class_count, options):
                         "untrained, so the INT8 check cannot judge the calibration; writing the %s calibration "
                         "(mAP %.4f against FP32)", summary["reference_best_score"], TRUSTED_SCORE, method, score)
         return chosen(quantized, scales, method, summary)
-    raise FrcnnError(f"INT8 calibration diverges from FP32: on {len(held_back)} held-back images the INT8 model finds "
-                     f"FP32's strong detections with mAP below {AGREEMENT_MIN} with every calibrator "
-                     f"({'; '.join(attempts)}); nothing is written. Calibrate on more or more typical images "
-                     "(--cal_image_dir, --batches) or keep this model in FP16")
+    raise Int8Diverges(f"INT8 calibration diverges from FP32: on {len(held_back)} held-back images the INT8 model "
+                       f"finds FP32's strong detections with mAP below {AGREEMENT_MIN} with every calibrator "
+                       f"({'; '.join(attempts)}); nothing is written. Calibrate on more or more typical images "
+                       "(--cal_image_dir, --batches) or keep this model in FP16")
 
 
 def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=None, qat_detector=None):
@@ -380,10 +380,11 @@ def quantize_int8(proto, class_count, spec, options, image_paths=None, trained=N
         summary = check_int8(qat_detector(held_back), quantized, held_back, class_count, "the Keras QAT model",
                              nms_iou=qat_detector.settings.nms_iou)
         if min(summary["matched"], summary["matched_back"]) < QAT_MATCH_MIN:  # the same arithmetic: a defect
-            raise FrcnnError(f"the INT8 graph reproduces {100 * summary['matched']:.1f}% of the Keras QAT model's "
-                             f"detections on {len(held_back)} held-back images ({100 * summary['matched_back']:.1f}% "
-                             f"back), below {100 * QAT_MATCH_MIN:.0f}%: it does not compute what QAT trained; "
-                             "nothing is written. Please report this with the model")
+            raise Int8Diverges(f"the INT8 graph reproduces {100 * summary['matched']:.1f}% of the Keras QAT model's "
+                               f"detections on {len(held_back)} held-back images "
+                               f"({100 * summary['matched_back']:.1f}% back), below {100 * QAT_MATCH_MIN:.0f}%: it "
+                               "does not compute what QAT trained; nothing is written. Please report this with the "
+                               "model")
         return quantized, scales, "qat", summary, held_back
     batches, held_back = calibration_batches(spec, options, image_paths)
     return (*_calibrated_int8(proto, batches, held_back, class_count, options), held_back)
@@ -433,9 +434,9 @@ def onnxruntime_int8(quantized, scales, trained, held_back, class_count):
                         "so the check cannot judge the onnxruntime graph (mAP %.4f against it); writing it",
                         summary["reference_best_score"], TRUSTED_SCORE, score)
     elif score is not None and score < AGREEMENT_MIN:
-        raise FrcnnError(f"the onnxruntime INT8 graph diverges from the TensorRT-form one (mAP {score:.4f} against "
-                         f"its strong detections on {len(held_back)} images); nothing is written. Export with "
-                         "--target tensorrt")
+        raise Int8Diverges(f"the onnxruntime INT8 graph diverges from the TensorRT-form one (mAP {score:.4f} "
+                           f"against its strong detections on {len(held_back)} images); nothing is written. Export "
+                           "with --target tensorrt")
     return layout, {**summary, "int8_clamped": {name: round(share, 5) for name, share in saturated.items()}}
 
 
