@@ -42,7 +42,7 @@ def _load_default_spec(load, name):
 
 @dataclasses.dataclass(frozen=True)
 class QuickstartOptions:
-    """Sizes of the run; the defaults took 10.5 minutes on 2 CPU cores with native bfloat16 and 17 with
+    """Sizes of the run; the defaults took 10.6 minutes on 2 CPU cores with native bfloat16 and 17 with
     float32 training on AVX2 (AMD EPYC, oneDNN held to AVX2; README "The main job").
 
     ResNet10, as block 4 runs on every RoI: ResNet18's two 512-channel blocks there are ~88 % of a
