@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from frcnn_tf import calibrators
 from frcnn_tf.data.pipeline import InputPipeline
-from frcnn_tf.errors import FrcnnError
+from frcnn_tf.errors import FrcnnError, Int8Diverges
 from frcnn_tf.evaluation import evaluate_detector
 from frcnn_tf.export import calibration, tensorrt_rules
 from frcnn_tf.export.onnx_export import OUTPUT_NAMES, run_export
@@ -251,8 +251,8 @@ def test_a_broken_calibration_falls_back_or_is_refused_and_writes_nothing(export
     assert f"using {info['calibrator']} calibration, whose mAP against FP32 is" in caplog.text
     monkeypatch.setattr(calibrators, "amax_of", lambda histogram, method, percentile=None: histogram.max / 1000)
     monkeypatch.setattr(onnx_export, "TRUSTED_SCORE", 0.0)  # the 6-step model's scores are low: judge it anyway
-    with pytest.raises(FrcnnError, match=r"INT8 calibration diverges from FP32: on 4 held-back images .* with every "
-                                         r"calibrator \(entropy: mAP 0\.\d+, most clipped \S+: amax .*"
-                                         r"; max: mAP .*nothing is written"):
+    with pytest.raises(Int8Diverges, match=r"INT8 calibration diverges from FP32: on 4 held-back images .* with "
+                                           r"every calibrator \(entropy: mAP 0\.\d+, most clipped \S+: amax .*"
+                                           r"; max: mAP .*nothing is written"):
         run_export(path, checkpoint, str(tmp_path / "n.onnx"), "int8", int8=options)
     assert not list(tmp_path.glob("n.*"))
